@@ -1,0 +1,120 @@
+"""Settings: every knob chatgate reads from the environment or `.env`."""
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+SECRET_HINT = (
+    'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))" '  # noqa: S105
+    "(or leave JWT_SECRET_KEY unset and chatgate keeps a generated key in its data folder)"
+)
+# Placeholders copied from tutorials and templates, compared without case or punctuation.
+_PLACEHOLDER_MARKERS = (
+    "changethis",
+    "changeme",
+    "yoursecret",
+    "youractual",
+    "secretkey",
+    "placeholder",
+    "insecure",
+    "replaceme",
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which variable and why."""
+
+
+def secret_problem(secret: str, name: str) -> str | None:
+    """Why `secret` is unfit to sign tokens, or None when it is fine."""
+    squashed = re.sub(r"[^a-z0-9]", "", secret.lower())
+    if any(marker in squashed for marker in _PLACEHOLDER_MARKERS):
+        return f"{name} is a well-known placeholder, not a secret; {SECRET_HINT}"
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        return (
+            f"{name} is {size} bytes long; it needs at least {MIN_SECRET_BYTES} random bytes; "
+            f"{SECRET_HINT}"
+        )
+    return None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A rejected JWT_SECRET_KEY must not be printed back in the error.
+        hide_input_in_errors=True,
+    )
+
+    jwt_secret_key: SecretStr | None = None
+    jwt_issuer: str = "chatgate"
+    database_url: str = "sqlite:///./data/chatgate.db"
+    access_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    refresh_token_expire_days: int = Field(default=14, ge=1, le=365)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=20)
+    password_hash_concurrency: int | None = Field(default=None, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    assistant_provider: Literal["echo"] = "echo"
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("jwt_secret_key")
+    @classmethod
+    def _refuse_weak_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        problem = secret_problem(value.get_secret_value(), "JWT_SECRET_KEY")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_only(cls, value: str) -> str:
+        if not value.startswith("sqlite:///") or value == "sqlite:///":
+            raise ValueError(
+                "DATABASE_URL must look like sqlite:///./data/chatgate.db (a relative path) "
+                "or sqlite:////var/lib/chatgate/chatgate.db (an absolute one)"
+            )
+        if database_path_of(value).name == ":memory:":
+            raise ValueError("DATABASE_URL must name a file; in-memory SQLite is not supported")
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        return database_path_of(self.database_url)
+
+    @property
+    def data_dir(self) -> Path:
+        """The folder holding the database, and the generated secret when there is one."""
+        return self.database_path.parent
+
+
+def database_path_of(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def load_settings() -> Settings:
+    """Read the environment and `.env`, turning validation failures into one clear message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(problems) from None

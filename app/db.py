@@ -1,0 +1,157 @@
+"""The Database: the one place that opens SQLite connections and runs migrations.
+
+One writer connection, guarded by a lock, carries every transaction: an `await`
+between two statements cannot let another request's statements into it.
+Reads go to a small pool of read-only connections (WAL lets them run beside
+the writer) and each read borrows one connection exclusively.
+"""
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+logger = logging.getLogger("chatgate.db")
+
+BUSY_TIMEOUT_MS = 5000
+
+# Each entry upgrades the schema by one version (PRAGMA user_version). Never edit
+# a released entry: append a new one, so existing data files migrate forward.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE users (
+            id            TEXT PRIMARY KEY,
+            email         TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            display_name  TEXT,
+            role          TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+            created_at    TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE chat_sessions (
+            id            TEXT PRIMARY KEY,
+            user_id       TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            title         TEXT NOT NULL,
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL,
+            message_count INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX ix_chat_sessions_user_activity"
+        " ON chat_sessions (user_id, updated_at DESC, id DESC)",
+        """
+        CREATE TABLE messages (
+            id          TEXT PRIMARY KEY,
+            session_id  TEXT NOT NULL REFERENCES chat_sessions(id) ON DELETE CASCADE,
+            seq         INTEGER NOT NULL,
+            role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            content     TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            UNIQUE (session_id, seq)
+        )
+        """,
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Database:
+    def __init__(self, path: Path, read_connections: int = 2) -> None:
+        self.path = path
+        self._read_size = read_connections
+        self._writer: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        self._writer = await self._connect(str(self.path), uri=False)
+        await self._writer.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a process crash loses nothing committed; a power cut
+        # may lose the last transactions but never corrupts the file.
+        await self._writer.execute("PRAGMA synchronous = NORMAL")
+        await self._migrate()
+        for _ in range(self._read_size):
+            reader = await self._connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
+
+    async def close(self) -> None:
+        for reader in self._all_readers:
+            await reader.close()
+        self._all_readers.clear()
+        self._readers = asyncio.Queue()
+        if self._writer is not None:
+            async with self._write_lock:
+                await self._writer.close()
+            self._writer = None
+
+    @staticmethod
+    async def _connect(target: str, *, uri: bool) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(target, uri=uri, isolation_level=None)
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """An IMMEDIATE transaction on the writer; commits on success, rolls back on error."""
+        if self._writer is None:
+            raise RuntimeError("database is not open")
+        async with self._write_lock:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                yield self._writer
+            except BaseException:
+                await self._rollback(self._writer)
+                raise
+            await self._writer.execute("COMMIT")
+
+    @staticmethod
+    async def _rollback(conn: aiosqlite.Connection) -> None:
+        # A cancelled BEGIN may or may not have run; either way leave no transaction open.
+        with contextlib.suppress(sqlite3.OperationalError):
+            await conn.execute("ROLLBACK")
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A read-only connection, borrowed for the block."""
+        if not self._all_readers:
+            raise RuntimeError("database is not open")
+        conn = await self._readers.get()
+        try:
+            yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def schema_version(self) -> int:
+        async with self.read() as conn, conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _migrate(self) -> None:
+        assert self._writer is not None  # noqa: S101 - called from open() only
+        async with self._writer.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database {self.path} has schema version {current}, newer than this "
+                f"chatgate ({SCHEMA_VERSION}); upgrade chatgate instead"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            async with self.transaction() as conn:
+                for statement in MIGRATIONS[version - 1]:
+                    await conn.execute(statement)
+                # PRAGMA takes no parameters; version is an int from range().
+                await conn.execute(f"PRAGMA user_version = {version}")
+            logger.info("database %s migrated to schema version %d", self.path, version)

@@ -1,0 +1,116 @@
+"""Dependencies, each an `Annotated` alias: what a route needs, by name."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from app import repository
+from app.auth import PasswordHasher, TokenService
+from app.config import Settings
+from app.db import Database
+from app.errors import SessionNotFound, Unauthorized, UnsupportedMediaType
+from app.repository import SessionRecord
+from app.services.assistant import AssistantProvider
+
+
+@dataclass(slots=True)
+class Services:
+    """What the lifespan builds once and every request shares."""
+
+    settings: Settings
+    db: Database
+    hasher: PasswordHasher
+    tokens: TokenService
+    assistant: AssistantProvider
+
+
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+async def get_db(services: ServicesDep) -> Database:
+    return services.db
+
+
+async def get_hasher(services: ServicesDep) -> PasswordHasher:
+    return services.hasher
+
+
+async def get_tokens(services: ServicesDep) -> TokenService:
+    return services.tokens
+
+
+async def get_assistant(services: ServicesDep) -> AssistantProvider:
+    return services.assistant
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbDep = Annotated[Database, Depends(get_db)]
+HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
+TokensDep = Annotated[TokenService, Depends(get_tokens)]
+AssistantDep = Annotated[AssistantProvider, Depends(get_assistant)]
+
+# Declares the bearer scheme with the password flow, so /docs' Authorize logs in.
+# auto_error=False: a missing token gets our 401 envelope, not FastAPI's.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+async def get_current_user_id(token: BearerToken, tokens: TokensDep, db: DbDep) -> str:
+    """The user named by a valid access token, who must still exist."""
+    if not token:
+        raise Unauthorized("missing_token")
+    claims = tokens.verify_access(token)
+    async with db.read() as conn:
+        if not await repository.user_exists(conn, claims.user_id):
+            raise Unauthorized("user_not_found")
+    return claims.user_id
+
+
+CurrentUserId = Annotated[str, Depends(get_current_user_id)]
+
+
+async def get_owned_session(
+    session_id: Annotated[str, Path(description="The session's id.")],
+    user_id: CurrentUserId,
+    db: DbDep,
+) -> SessionRecord:
+    """The session, if the caller owns it; someone else's is indistinguishable from none."""
+    async with db.read() as conn:
+        session = await repository.get_owned_session(conn, session_id, user_id)
+    if session is None:
+        raise SessionNotFound
+    return session
+
+
+OwnedSession = Annotated[SessionRecord, Depends(get_owned_session)]
+
+
+async def require_json(request: Request) -> None:
+    """415 for a body that is not JSON, instead of a confusing validation error."""
+    if request.method not in {"POST", "PUT", "PATCH"}:
+        return
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        has_body = request.headers.get("content-length", "0") != "0" or (
+            "transfer-encoding" in request.headers
+        )
+        if has_body:
+            raise UnsupportedMediaType
+        return
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime != "application/json" and not mime.endswith("+json"):
+        raise UnsupportedMediaType
+
+
+JsonBody = Depends(require_json)

@@ -1,0 +1,158 @@
+"""Every error leaves chatgate in one envelope: {success: false, error, detail}."""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("chatgate.errors")
+
+UNAUTHORIZED = "Unauthorized - Invalid or missing token"
+SESSION_NOT_FOUND = "Session not found or access denied"
+
+# One sentence per status, for errors raised by the framework rather than by us.
+_SENTENCES = {
+    400: "The request could not be understood.",
+    401: UNAUTHORIZED,
+    403: "You are not allowed to do this.",
+    404: "The requested resource was not found.",
+    405: "This method is not allowed on this resource.",
+    413: "The request body is too large.",
+    415: "The request body must be JSON (Content-Type: application/json).",
+    422: "The request is not valid.",
+    429: "Too many requests; slow down and retry later.",
+    500: "Internal server error; the problem has been logged.",
+    503: "The service is temporarily unavailable; retry later.",
+}
+
+
+class AppError(Exception):
+    """An error a client should see: status, one human sentence, optional detail."""
+
+    status_code = 400
+    message = _SENTENCES[400]
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.detail = detail
+        self.headers = headers
+        super().__init__(self.message)
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    message = UNAUTHORIZED
+
+    def __init__(self, cause: str = "invalid_token", message: str | None = None) -> None:
+        super().__init__(message, detail=cause, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InvalidCredentials(Unauthorized):
+    def __init__(self) -> None:
+        super().__init__("invalid_credentials", "Invalid credentials")
+
+
+class NotFound(AppError):
+    status_code = 404
+    message = _SENTENCES[404]
+
+
+class SessionNotFound(NotFound):
+    message = SESSION_NOT_FOUND
+
+
+class Conflict(AppError):
+    status_code = 409
+    message = "This conflicts with existing data."
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    message = _SENTENCES[415]
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    message = _SENTENCES[503]
+
+
+def sentence_for(status_code: int) -> str:
+    if status_code in _SENTENCES:
+        return _SENTENCES[status_code]
+    try:
+        return f"{HTTPStatus(status_code).phrase}."
+    except ValueError:
+        return "The request failed."
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"success": False, "error": message, "detail": detail},
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+def validation_details(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI-style details without `input`/`ctx`: they would echo passwords and NaN."""
+    return [
+        {"type": str(err.get("type", "")), "loc": list(err.get("loc", ())), "msg": err.get("msg")}
+        for err in errors
+    ]
+
+
+def validation_sentence(details: list[dict[str, Any]]) -> str:
+    if any(d["type"] == "json_invalid" for d in details):
+        return "The request body is not valid JSON."
+    if not details:
+        return _SENTENCES[422]
+    first = details[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    more = f" (and {len(details) - 1} more problem(s))" if len(details) > 1 else ""
+    return f"Invalid value for {where}: {first['msg']}{more}."
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)  # noqa: S101 - registered for AppError only
+    return error_response(exc.status_code, exc.message, exc.detail, exc.headers)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    detail = exc.detail if isinstance(exc.detail, str | None) else None
+    return error_response(
+        exc.status_code, sentence_for(exc.status_code), detail, dict(exc.headers or {}) or None
+    )
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    details = validation_details(exc.errors())
+    return error_response(422, validation_sentence(details), details)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, _SENTENCES[500])
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)

@@ -1,0 +1,115 @@
+"""The application factory and its lifespan: the one place resources open and close."""
+
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.auth import PasswordHasher, TokenService
+from app.config import ConfigError, Settings, load_settings
+from app.db import Database
+from app.deps import Services
+from app.errors import install_error_handlers
+from app.keys import resolve_jwt_secret
+from app.middleware import BodySizeLimit
+from app.routes import auth, chat, health
+from app.routes.docs import mount_docs
+from app.services.assistant import build_assistant
+
+logger = logging.getLogger("chatgate")
+
+DESCRIPTION = """\
+Chat sessions with an assistant, behind chatgate's own accounts and JWT tokens.
+
+Use **Authorize** with your email as *username* to call the protected routes.
+Every response carries `success`; errors add `error` (one sentence) and `detail`.
+"""
+
+
+def _configure_logging(settings: Settings) -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # leave a host's (uvicorn's, pytest's) logging alone
+        logging.basicConfig(format="%(levelname)s:     %(name)s - %(message)s")
+    logging.getLogger("chatgate").setLevel(settings.log_level)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    _configure_logging(settings)
+    try:
+        secret = await anyio.to_thread.run_sync(resolve_jwt_secret, settings)
+    except ConfigError as exc:
+        logger.critical("chatgate cannot start: %s", exc)
+        raise
+    db = Database(settings.database_path)
+    await db.open()
+    hasher = PasswordHasher(
+        settings.bcrypt_rounds, settings.password_hash_concurrency or os.cpu_count() or 1
+    )
+    await hasher.prepare()
+    assistant = build_assistant(settings)
+    app.state.services = Services(
+        settings=settings,
+        db=db,
+        hasher=hasher,
+        tokens=TokenService(
+            secret,
+            settings.jwt_issuer,
+            settings.access_token_expire_minutes * 60,
+            settings.refresh_token_expire_days * 86400,
+        ),
+        assistant=assistant,
+    )
+    logger.info("chatgate ready; database %s", settings.database_path)
+    try:
+        yield
+    finally:
+        await assistant.aclose()
+        await db.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    app = FastAPI(
+        title="chatgate",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by routes/docs.py from local assets
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        wildcard = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            # Credentials with "*" would let any site act for a logged-in browser.
+            allow_credentials=not wildcard,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["WWW-Authenticate", "Retry-After"],
+        )
+    app.include_router(auth.router)
+    app.include_router(chat.router)
+    app.include_router(health.router)
+    mount_docs(app)
+    return app
+
+
+def _default_app() -> FastAPI:
+    try:
+        return create_app()
+    except ConfigError as exc:
+        sys.exit(f"chatgate cannot start: {exc}")
+
+
+app = _default_app()

@@ -1,0 +1,148 @@
+"""Chat sessions and messages; every route acts only on the caller's own sessions."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from app import repository
+from app.deps import AssistantDep, CurrentUserId, DbDep, JsonBody, OwnedSession
+from app.errors import SessionNotFound
+from app.pagination import decode_history_cursor, decode_session_cursor, encode_cursor
+from app.schemas import (
+    HISTORY_PAGE_DEFAULT,
+    HISTORY_PAGE_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    TITLE_MAX_CHARS,
+    ChatMessage,
+    ChatSession,
+    HistoryResponse,
+    MessageCreate,
+    MessageExchangeResponse,
+    SessionCreate,
+    SessionCreatedResponse,
+    SessionListResponse,
+    SessionRename,
+    SessionResponse,
+    SuccessResponse,
+    error_responses,
+)
+from app.services import conversation
+
+router = APIRouter(
+    prefix="/chat",
+    tags=["chat"],
+    dependencies=[JsonBody],
+    responses=error_responses(401, 413, 415, 422),
+)
+
+DEFAULT_TITLE = "New chat"
+Cursor = Annotated[str | None, Query(max_length=500, description="A next_cursor value.")]
+
+
+def _title_from(text: str) -> str:
+    first_line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    limit = min(60, TITLE_MAX_CHARS)
+    return first_line if len(first_line) <= limit else first_line[: limit - 1] + "…"
+
+
+@router.post("/session/new", status_code=status.HTTP_201_CREATED)
+async def create_session(
+    user_id: CurrentUserId, db: DbDep, assistant: AssistantDep, body: SessionCreate | None = None
+) -> SessionCreatedResponse:
+    """Start a session; with `initial_message`, it is stored and answered at once."""
+    body = body or SessionCreate()
+    title = body.title or (_title_from(body.initial_message) if body.initial_message else "")
+    async with db.transaction() as conn:
+        session = await repository.insert_session(
+            conn, user_id=user_id, title=title or DEFAULT_TITLE
+        )
+    messages: list[ChatMessage] = []
+    if body.initial_message is not None:
+        pair = await conversation.exchange(
+            db, assistant, session_id=session.id, user_id=user_id, text=body.initial_message
+        )
+        messages = [ChatMessage.model_validate(m) for m in pair]
+        async with db.read() as conn:
+            session = await repository.get_owned_session(conn, session.id, user_id) or session
+    return SessionCreatedResponse(session=ChatSession.model_validate(session), messages=messages)
+
+
+@router.post("/message", responses=error_responses(404))
+async def send_message(
+    body: MessageCreate, user_id: CurrentUserId, db: DbDep, assistant: AssistantDep
+) -> MessageExchangeResponse:
+    """Add a message to one of your sessions and get the assistant's reply."""
+    user_message, assistant_message = await conversation.exchange(
+        db, assistant, session_id=body.session_id, user_id=user_id, text=body.message
+    )
+    return MessageExchangeResponse(
+        session_id=body.session_id,
+        user_message=ChatMessage.model_validate(user_message),
+        assistant_message=ChatMessage.model_validate(assistant_message),
+    )
+
+
+@router.get("/sessions")
+async def list_sessions(
+    user_id: CurrentUserId,
+    db: DbDep,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+    cursor: Cursor = None,
+) -> SessionListResponse:
+    """Your sessions, most recent activity first, a page at a time."""
+    before = decode_session_cursor(cursor) if cursor else None
+    async with db.read() as conn:
+        rows = await repository.list_sessions(conn, user_id, limit=limit + 1, before=before)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit else None
+    return SessionListResponse(
+        sessions=[ChatSession.model_validate(s) for s in page],
+        count=len(page),
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/session/{session_id}", responses=error_responses(404))
+async def read_session(session: OwnedSession) -> SessionResponse:
+    """One of your sessions."""
+    return SessionResponse(session=ChatSession.model_validate(session))
+
+
+@router.get("/session/{session_id}/history", responses=error_responses(404))
+async def read_history(
+    session: OwnedSession,
+    db: DbDep,
+    limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE_MAX)] = HISTORY_PAGE_DEFAULT,
+    cursor: Cursor = None,
+) -> HistoryResponse:
+    """The session's messages, oldest first, a page at a time."""
+    after = decode_history_cursor(cursor) if cursor else 0
+    async with db.read() as conn:
+        rows = await repository.list_messages(conn, session.id, limit=limit + 1, after_seq=after)
+    page = rows[:limit]
+    return HistoryResponse(
+        session_id=session.id,
+        messages=[ChatMessage.model_validate(m) for m in page],
+        next_cursor=encode_cursor(page[-1].seq) if len(rows) > limit else None,
+    )
+
+
+@router.patch("/session/{session_id}", responses=error_responses(404))
+async def rename_session(session: OwnedSession, body: SessionRename, db: DbDep) -> SessionResponse:
+    """Give one of your sessions a new title."""
+    async with db.transaction() as conn:
+        renamed = await repository.rename_session(conn, session.id, session.user_id, body.title)
+    if renamed is None:
+        raise SessionNotFound
+    return SessionResponse(session=ChatSession.model_validate(renamed))
+
+
+@router.delete("/session/{session_id}", responses=error_responses(404))
+async def delete_session(session: OwnedSession, db: DbDep) -> SuccessResponse:
+    """Delete one of your sessions and all its messages."""
+    async with db.transaction() as conn:
+        deleted = await repository.delete_session(conn, session.id, session.user_id)
+    if not deleted:
+        raise SessionNotFound
+    return SuccessResponse()

@@ -1,0 +1,40 @@
+"""The OpenAPI explorer, with Swagger UI's assets served from the installed package (no CDN)."""
+
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+ASSETS_URL = "/docs/assets"
+OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/docs")
+async def swagger_ui() -> HTMLResponse:
+    """Swagger UI; Authorize logs in through the password flow at /auth/login."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="chatgate API",
+        swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
+        oauth2_redirect_url=OAUTH2_REDIRECT_URL,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+
+
+@router.get(OAUTH2_REDIRECT_URL)
+async def swagger_ui_redirect() -> HTMLResponse:
+    """Swagger UI's OAuth2 redirect page."""
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+def mount_docs(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")

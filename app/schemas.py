@@ -1,0 +1,223 @@
+"""Request and response models: what crosses the HTTP boundary, and its rules."""
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+# Field limits, documented in docs/limits.md.
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_CHARS = 128
+EMAIL_MAX_CHARS = 254
+DISPLAY_NAME_MAX_CHARS = 100
+TITLE_MAX_CHARS = 200
+MESSAGE_MAX_CHARS = 32_000
+PAGE_DEFAULT = 20
+PAGE_MAX = 100
+HISTORY_PAGE_DEFAULT = 100
+HISTORY_PAGE_MAX = 500
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
+
+
+def _encodable(value: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"); they cannot be stored or sent as UTF-8.
+    if _SURROGATE.search(value):
+        raise ValueError("text must be valid Unicode (lone surrogates are not allowed)")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+def normalize_email(value: object) -> object:
+    """Emails compare without case and surrounding spaces."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _valid_email(value: str) -> str:
+    if not _EMAIL.fullmatch(value) or any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError("is not a valid email address")
+    return value
+
+
+Email = Annotated[
+    str,
+    BeforeValidator(normalize_email),
+    Field(min_length=3, max_length=EMAIL_MAX_CHARS, json_schema_extra={"format": "email"}),
+    AfterValidator(_encodable),
+    AfterValidator(_valid_email),
+]
+# Never trimmed or normalised: every character of a password counts.
+Password = Annotated[
+    str,
+    Field(min_length=PASSWORD_MIN_CHARS, max_length=PASSWORD_MAX_CHARS),
+    AfterValidator(_encodable),
+]
+DisplayName = Annotated[
+    str,
+    Field(min_length=1, max_length=DISPLAY_NAME_MAX_CHARS),
+    AfterValidator(_not_blank),
+    AfterValidator(_encodable),
+]
+Title = Annotated[
+    str,
+    Field(min_length=1, max_length=TITLE_MAX_CHARS),
+    AfterValidator(_not_blank),
+    AfterValidator(_encodable),
+]
+# Stored exactly as sent: no stripping, only a refusal of blank text.
+MessageText = Annotated[
+    str,
+    Field(min_length=1, max_length=MESSAGE_MAX_CHARS),
+    AfterValidator(_not_blank),
+    AfterValidator(_encodable),
+]
+
+
+# --- requests ----------------------------------------------------------------
+
+
+class RegisterRequest(BaseModel):
+    email: Email
+    password: Password
+    display_name: DisplayName | None = None
+
+
+class LoginRequest(BaseModel):
+    # Login does not re-validate the format: a malformed email is just unknown.
+    email: Annotated[
+        str,
+        BeforeValidator(normalize_email),
+        Field(min_length=1, max_length=EMAIL_MAX_CHARS),
+        AfterValidator(_encodable),
+    ]
+    password: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_encodable)]
+
+
+class SessionCreate(BaseModel):
+    title: Title | None = None
+    initial_message: MessageText | None = None
+
+
+class SessionRename(BaseModel):
+    title: Title
+
+
+class MessageCreate(BaseModel):
+    session_id: Annotated[str, Field(min_length=1, max_length=200)]
+    message: MessageText
+
+
+# --- responses ---------------------------------------------------------------
+
+
+class Record(BaseModel):
+    """Read models are built from the repository's records by attribute."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UserPublic(Record):
+    id: str
+    email: str
+    display_name: str | None
+    role: Literal["user", "admin"]
+    created_at: datetime
+
+
+class ChatSession(Record):
+    id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+
+
+class ChatMessage(Record):
+    id: str
+    session_id: str
+    role: Literal["user", "assistant"]
+    content: str
+    created_at: datetime
+
+
+class SuccessResponse(BaseModel):
+    success: Literal[True] = True
+
+
+class UserResponse(SuccessResponse):
+    user: UserPublic
+
+
+class TokenResponse(SuccessResponse):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105
+    expires_in: int = Field(description="Seconds until the access token expires.")
+
+
+class SessionResponse(SuccessResponse):
+    session: ChatSession
+
+
+class SessionCreatedResponse(SuccessResponse):
+    session: ChatSession
+    messages: list[ChatMessage]
+
+
+class SessionListResponse(SuccessResponse):
+    sessions: list[ChatSession]
+    count: int = Field(description="Number of sessions in this page.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class HistoryResponse(SuccessResponse):
+    session_id: str
+    messages: list[ChatMessage]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class MessageExchangeResponse(SuccessResponse):
+    session_id: str
+    user_message: ChatMessage
+    assistant_message: ChatMessage
+
+
+class StatusResponse(SuccessResponse):
+    status: str
+
+
+class ErrorResponse(BaseModel):
+    success: Literal[False] = False
+    error: str = Field(description="One human sentence.")
+    detail: Any = Field(default=None, description="FastAPI-style detail; may name the cause.")
+
+
+_ERROR_DESCRIPTIONS = {
+    401: "Missing, invalid or expired token (or, for login, invalid credentials).",
+    404: "Not found, or not yours.",
+    409: "Conflicts with existing data.",
+    413: "Request body too large.",
+    415: "Request body is not JSON.",
+    422: "Invalid input.",
+    500: "Internal error.",
+    503: "Temporarily unavailable.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries declaring that these statuses answer with the error envelope."""
+    return {
+        code: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS.get(code, "Error.")}
+        for code in codes
+    }

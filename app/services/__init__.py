@@ -1,0 +1,1 @@
+"""Things chatgate talks to that are not its database: the assistant providers."""

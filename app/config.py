@@ -48,6 +48,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,  # `NAME=` in .env means "use the default"
         # A rejected JWT_SECRET_KEY must not be printed back in the error.
         hide_input_in_errors=True,
     )

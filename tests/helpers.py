@@ -1,0 +1,71 @@
+"""Helpers shared by the test modules: isolated settings, the test user, envelope checks."""
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from app.config import Settings
+
+TEST_SECRET = secrets.token_urlsafe(48)
+PASSWORD = "correct horse battery staple"
+
+
+class IsolatedSettings(Settings):
+    """Settings from keyword arguments only: no environment, no .env."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "jwt_secret_key": TEST_SECRET,
+        "database_url": f"sqlite:///{tmp_path / 'chatgate.db'}",
+        "bcrypt_rounds": 4,
+        **overrides,
+    }
+    return IsolatedSettings(**values)
+
+
+@dataclass
+class User:
+    id: str
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+def assert_error(response: httpx.Response, status: int, error: str | None = None) -> None:
+    """The contract's envelope: success false, one sentence, a detail key."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False
+    assert isinstance(body["error"], str)
+    assert body["error"]
+    assert "detail" in body
+    if error is not None:
+        assert body["error"] == error
+
+
+def assert_unauthorized(response: httpx.Response, cause: str | None = None) -> None:
+    assert_error(response, 401, "Unauthorized - Invalid or missing token")
+    assert response.headers["www-authenticate"] == "Bearer"
+    if cause is not None:
+        assert response.json()["detail"] == cause

@@ -1,0 +1,216 @@
+"""Probes, the offline explorer, CORS, start-up configuration and the schema's upgrades."""
+
+import re
+import stat
+from pathlib import Path
+
+import aiosqlite
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.config import ConfigError, Settings, load_settings
+from app.db import SCHEMA_VERSION, Database
+from app.keys import SECRET_FILE_NAME
+from app.main import create_app
+from tests.helpers import PASSWORD, assert_error, assert_unauthorized, make_settings
+
+
+async def _client_for(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+class TestProbes:
+    async def test_healthz_answers_without_auth(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+        assert response.status_code == 200
+        assert response.json() == {"success": True, "status": "ok"}
+
+    async def test_readyz_touches_the_database(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/readyz")
+        assert response.json() == {"success": True, "status": "ready"}
+
+    async def test_readyz_is_a_503_when_the_database_is_gone(
+        self, client: httpx.AsyncClient, app: FastAPI
+    ) -> None:
+        await app.state.services.db.close()
+        assert_error(await client.get("/readyz"), 503)
+
+
+class TestExplorer:
+    async def test_docs_page_loads_only_local_assets(self, client: httpx.AsyncClient) -> None:
+        page = await client.get("/docs")
+        assert page.status_code == 200
+        urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", page.text)
+        assert urls, "the page should reference its assets"
+        assert not [u for u in urls if u.startswith(("http:", "https:", "//"))]
+        for url in urls:
+            asset = await client.get(url)
+            assert asset.status_code == 200, url
+
+    async def test_openapi_declares_the_password_flow_at_login(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        schema = (await client.get("/openapi.json")).json()
+        schemes = schema["components"]["securitySchemes"]
+        flows = [s["flows"]["password"] for s in schemes.values() if s["type"] == "oauth2"]
+        assert flows == [{"scopes": {}, "tokenUrl": "/auth/login"}]
+        login_body = schema["paths"]["/auth/login"]["post"]["requestBody"]["content"]
+        assert {"application/json", "application/x-www-form-urlencoded"} <= set(login_body)
+
+    async def test_authorize_flow_reaches_a_protected_route(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        await client.post("/auth/register", json={"email": "d@example.com", "password": PASSWORD})
+        # What Swagger UI's Authorize button posts.
+        token = await client.post(
+            "/auth/login",
+            data={"grant_type": "password", "username": "d@example.com", "password": PASSWORD},
+        )
+        assert token.status_code == 200
+        headers = {"Authorization": f"{token.json()['token_type']} {token.json()['access_token']}"}
+        sessions = await client.get("/chat/sessions", headers=headers)
+        assert sessions.status_code == 200
+
+    async def test_every_error_status_is_declared_with_the_envelope(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        schema = (await client.get("/openapi.json")).json()
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                for status, response in operation["responses"].items():
+                    if status.startswith(("4", "5")):
+                        ref = response["content"]["application/json"]["schema"]["$ref"]
+                        assert ref.endswith("/ErrorResponse"), (method, path, status)
+
+
+class TestCors:
+    @pytest.fixture
+    async def cors_app(self, tmp_path: Path) -> FastAPI:
+        return create_app(make_settings(tmp_path, cors_origins=["http://localhost:3000"]))
+
+    async def test_listed_origin_may_call_with_a_bearer_token(self, cors_app: FastAPI) -> None:
+        async with await _client_for(cors_app) as c:
+            response = await c.options(
+                "/chat/sessions",
+                headers={
+                    "Origin": "http://localhost:3000",
+                    "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+    async def test_other_origins_get_no_cors_grant(self, cors_app: FastAPI) -> None:
+        async with await _client_for(cors_app) as c:
+            response = await c.get("/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in response.headers
+
+    async def test_wildcard_never_comes_with_credentials(self, tmp_path: Path) -> None:
+        app = create_app(make_settings(tmp_path, cors_origins=["*"]))
+        async with await _client_for(app) as c:
+            response = await c.get("/healthz", headers={"Origin": "https://any.example"})
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in response.headers
+
+    def test_origins_are_read_comma_separated(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CORS_ORIGINS", "http://a.example, http://b.example")
+        assert Settings(_env_file=None).cors_origins == ["http://a.example", "http://b.example"]
+
+
+class TestSecretKey:
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "CHANGE_THIS_TO_ENV_SECRET",
+            "your-actual-django-secret-key-here",
+            "changeme",
+            "changethis-changethis-changethis-changethis",
+            "too-short-but-random-Xq93",
+        ],
+    )
+    def test_weak_keys_stop_start_up_naming_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch, value: str
+    ) -> None:
+        monkeypatch.setenv("JWT_SECRET_KEY", value)
+        monkeypatch.chdir(Path(__file__).parent)  # no .env here
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        message = str(raised.value)
+        assert "JWT_SECRET_KEY" in message
+        assert "secrets.token_urlsafe" in message
+        assert value not in message
+
+    async def test_a_generated_key_is_private_and_survives_restarts(self, tmp_path: Path) -> None:
+        settings = make_settings(tmp_path, jwt_secret_key=None)
+        first = create_app(settings)
+        async with first.router.lifespan_context(first), await _client_for(first) as c:
+            await c.post("/auth/register", json={"email": "k@example.com", "password": PASSWORD})
+            login = await c.post("/auth/login", json={"email": "k@example.com", "password": PASSWORD})
+            token = login.json()["access_token"]
+        key_file = tmp_path / SECRET_FILE_NAME
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = key_file.read_text()
+
+        second = create_app(settings)
+        async with second.router.lifespan_context(second), await _client_for(second) as c:
+            me = await c.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200
+        assert key_file.read_text() == key
+
+    async def test_tokens_signed_with_another_key_are_rejected(self, tmp_path: Path) -> None:
+        first = create_app(make_settings(tmp_path))
+        async with first.router.lifespan_context(first), await _client_for(first) as c:
+            await c.post("/auth/register", json={"email": "r@example.com", "password": PASSWORD})
+            login = await c.post("/auth/login", json={"email": "r@example.com", "password": PASSWORD})
+        other = create_app(make_settings(tmp_path, jwt_secret_key="x" * 20 + "y" * 20))
+        async with other.router.lifespan_context(other), await _client_for(other) as c:
+            me = await c.get(
+                "/auth/me", headers={"Authorization": f"Bearer {login.json()['access_token']}"}
+            )
+        assert_unauthorized(me, "invalid_token")
+
+
+class TestDatabase:
+    async def test_a_new_file_gets_the_current_schema_wal_and_foreign_keys(
+        self, tmp_path: Path
+    ) -> None:
+        db = Database(tmp_path / "nested" / "folder" / "c.db")
+        await db.open()
+        try:
+            assert await db.schema_version() == SCHEMA_VERSION
+            async with db.read() as conn:
+                async with conn.execute("PRAGMA journal_mode") as cur:
+                    assert (await cur.fetchone()) == ("wal",)
+                async with conn.execute("PRAGMA foreign_keys") as cur:
+                    assert (await cur.fetchone()) == (1,)
+        finally:
+            await db.close()
+
+    async def test_reopening_keeps_data(self, tmp_path: Path, settings: Settings) -> None:
+        for attempt in range(2):
+            app = create_app(settings)
+            async with app.router.lifespan_context(app), await _client_for(app) as c:
+                if attempt == 0:
+                    await c.post(
+                        "/auth/register", json={"email": "p@example.com", "password": PASSWORD}
+                    )
+                login = await c.post(
+                    "/auth/login", json={"email": "p@example.com", "password": PASSWORD}
+                )
+                assert login.status_code == 200
+
+    async def test_a_file_from_a_newer_chatgate_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "future.db"
+        async with aiosqlite.connect(path) as conn:
+            await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db = Database(path)
+        with pytest.raises(RuntimeError, match="newer"):
+            await db.open()
+        await db.close()
+
+    async def test_reads_cannot_write(self, app: FastAPI) -> None:
+        async with app.state.services.db.read() as conn:
+            with pytest.raises(aiosqlite.OperationalError, match="readonly"):
+                await conn.execute("DELETE FROM users")

@@ -122,6 +122,10 @@ class TokenService:
         if len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("invalid_token")
         try:
+            header = jwt.get_unverified_header(token)
+            # RFC 7515: a `crit` extension we do not understand makes the token invalid.
+            if header.get("alg") != ALGORITHM or "crit" in header:
+                raise Unauthorized("invalid_token")
             claims = jwt.decode(
                 token,
                 self._secret,
@@ -138,6 +142,8 @@ class TokenService:
             )
         except ExpiredSignatureError:
             raise Unauthorized("token_expired") from None
+        except Unauthorized:
+            raise
         # python-jose lets AttributeError, OverflowError, TypeError and JWKError
         # escape JWTError on odd input: any failure here is an invalid token.
         except Exception:

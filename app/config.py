@@ -108,14 +108,18 @@ def database_path_of(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def _problem(name: str, message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    return message if message.startswith(name) else f"{name}: {message}"
+
+
 def load_settings() -> Settings:
     """Read the environment and `.env`, turning validation failures into one clear message."""
     try:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
+            _problem(".".join(str(p) for p in err["loc"]).upper(), err["msg"])
             for err in exc.errors(include_input=False, include_url=False)
         )
         raise ConfigError(problems) from None

@@ -9,6 +9,7 @@ the writer) and each read borrows one connection exclusively.
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -73,7 +74,7 @@ class Database:
         self._all_readers: list[aiosqlite.Connection] = []
 
     async def open(self) -> None:
-        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_create_private, self.path)
         self._writer = await self._connect(str(self.path), uri=False)
         await self._writer.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode: a process crash loses nothing committed; a power cut
@@ -155,3 +156,13 @@ class Database:
                 # PRAGMA takes no parameters; version is an int from range().
                 await conn.execute(f"PRAGMA user_version = {version}")
             logger.info("database %s migrated to schema version %d", self.path, version)
+
+
+def _create_private(path: Path) -> None:
+    """Password hashes and chats live here: new folders and files are for the owner only.
+
+    SQLite gives the -wal and -shm files the database file's permissions.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -66,10 +66,14 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-async def get_current_user_id(token: BearerToken, tokens: TokensDep, db: DbDep) -> str:
+async def get_current_user_id(
+    request: Request, token: BearerToken, tokens: TokensDep, db: DbDep
+) -> str:
     """The user named by a valid access token, who must still exist."""
     if not token:
         raise Unauthorized("missing_token")
+    if len(request.headers.getlist("authorization")) > 1:
+        raise Unauthorized("ambiguous_authorization")
     claims = tokens.verify_access(token)
     async with db.read() as conn:
         if not await repository.user_exists(conn, claims.user_id):

@@ -11,6 +11,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("chatgate.errors")
 
+# FastAPI raises HTTPException(400) with this detail when reading a JSON body fails
+# in a way json.JSONDecodeError does not cover.
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 UNAUTHORIZED = "Unauthorized - Invalid or missing token"
 SESSION_NOT_FOUND = "Session not found or access denied"
 
@@ -111,7 +114,11 @@ def error_response(
 def validation_details(errors: Any) -> list[dict[str, Any]]:
     """FastAPI-style details without `input`/`ctx`: they would echo passwords and NaN."""
     return [
-        {"type": str(err.get("type", "")), "loc": list(err.get("loc", ())), "msg": err.get("msg")}
+        {
+            "type": str(err.get("type", "")),
+            "loc": list(err.get("loc", ())),
+            "msg": str(err.get("msg", "")).removeprefix("Value error, "),
+        }
         for err in errors
     ]
 
@@ -134,6 +141,10 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+        # Invalid UTF-8, absurd nesting or a 5,000-digit number: as unreadable as bad JSON.
+        details = [{"type": "json_invalid", "loc": ["body"], "msg": "Invalid JSON body"}]
+        return error_response(422, validation_sentence(details), details)
     detail = exc.detail if isinstance(exc.detail, str | None) else None
     return error_response(
         exc.status_code, sentence_for(exc.status_code), detail, dict(exc.headers or {}) or None

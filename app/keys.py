@@ -13,27 +13,40 @@ SECRET_FILE_NAME = "jwt_secret.key"  # noqa: S105 - a file name
 
 
 def resolve_jwt_secret(settings: Settings) -> str:
-    """Blocking file I/O: call it from a worker thread."""
+    """The key to sign with; `ConfigError` saying why when there is none usable."""
     if settings.jwt_secret_key is not None:
         return settings.jwt_secret_key.get_secret_value()
     path = settings.data_dir / SECRET_FILE_NAME
-    if path.exists():
-        secret = path.read_text(encoding="utf-8").strip()
-        problem = secret_problem(secret, f"the generated key in {path}")
-        if problem:
-            raise ConfigError(f"{problem}; delete the file to have a new one generated")
-        return secret
-    return _generate(path)
+    try:
+        if path.exists():
+            return _read(path)
+        return _generate(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"JWT_SECRET_KEY is not set and the key file {path} cannot be used "
+            f"({exc.strerror or type(exc).__name__}); fix the file or set JWT_SECRET_KEY"
+        ) from None
+
+
+def _read(path: Path) -> str:
+    secret = path.read_text(encoding="utf-8").strip()
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        logger.warning("%s was readable by other users; its mode is now 0600", path)
+    problem = secret_problem(secret, f"the key in {path}")
+    if problem:
+        raise ConfigError(f"{problem}; delete the file to have a new one generated")
+    return secret
 
 
 def _generate(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     # O_EXCL: if two processes start together, one writes and the other reads its key.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
+        return _read(path)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(secret + "\n")
     logger.warning(

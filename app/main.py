@@ -6,9 +6,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from app.auth import PasswordHasher, TokenService
 from app.config import ConfigError, Settings, load_settings
@@ -16,7 +14,7 @@ from app.db import Database
 from app.deps import Services
 from app.errors import install_error_handlers
 from app.keys import resolve_jwt_secret
-from app.middleware import BodySizeLimit
+from app.middleware import BodySizeLimit, EnvelopeCORSMiddleware
 from app.routes import auth, chat, health
 from app.routes.docs import mount_docs
 from app.services.assistant import build_assistant
@@ -41,12 +39,6 @@ def _configure_logging(settings: Settings) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    _configure_logging(settings)
-    try:
-        secret = await anyio.to_thread.run_sync(resolve_jwt_secret, settings)
-    except ConfigError as exc:
-        logger.critical("chatgate cannot start: %s", exc)
-        raise
     db = Database(settings.database_path)
     await db.open()
     hasher = PasswordHasher(
@@ -59,7 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db=db,
         hasher=hasher,
         tokens=TokenService(
-            secret,
+            app.state.jwt_secret,
             settings.jwt_issuer,
             settings.access_token_expire_minutes * 60,
             settings.refresh_token_expire_days * 86400,
@@ -75,7 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; `ConfigError` when the configuration (or the key file) is unusable."""
     settings = settings or load_settings()
+    _configure_logging(settings)
+    # Resolved here, before serving, so a bad key stops start-up with one clear line.
+    jwt_secret = resolve_jwt_secret(settings)
     app = FastAPI(
         title="chatgate",
         version="0.1.0",
@@ -85,12 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.jwt_secret = jwt_secret
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         app.add_middleware(
-            CORSMiddleware,
+            EnvelopeCORSMiddleware,
             allow_origins=settings.cors_origins,
             # Credentials with "*" would let any site act for a logged-in browser.
             allow_credentials=not wildcard,
@@ -112,4 +109,14 @@ def _default_app() -> FastAPI:
         sys.exit(f"chatgate cannot start: {exc}")
 
 
-app = _default_app()
+def __getattr__(name: str) -> FastAPI:
+    """`app.main:app` for uvicorn, built on first access rather than at import.
+
+    Importing this module (as the tests do, for `create_app`) then reads no
+    environment and writes no key file.
+    """
+    if name == "app":
+        application = _default_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

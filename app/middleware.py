@@ -1,6 +1,9 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streaming responses)."""
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response, sentence_for
@@ -48,3 +51,19 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight in the error envelope instead of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            k: v for k, v in response.headers.items() if k not in {"content-length", "content-type"}
+        }
+        reason = bytes(response.body).decode(errors="replace")
+        return error_response(
+            response.status_code, "This cross-origin request is not allowed.", reason, headers
+        )

@@ -4,7 +4,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 
 # Field limits, documented in docs/limits.md.
 PASSWORD_MIN_CHARS = 8
@@ -19,7 +26,9 @@ HISTORY_PAGE_DEFAULT = 100
 HISTORY_PAGE_MAX = 500
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
+# RFC 5322 "atext" and dots, plus any non-ASCII letter (internationalised addresses).
+_LOCAL_PART = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}")
+_DOMAIN = re.compile(r"(?:[\w-]{1,63}\.)+[\w-]{2,63}")
 
 
 def _encodable(value: str) -> str:
@@ -40,18 +49,26 @@ def normalize_email(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-def _valid_email(value: str) -> str:
-    if not _EMAIL.fullmatch(value) or any(ord(c) < 32 or c == "\x7f" for c in value):
+def _canonical_email(value: str) -> str:
+    """Checks the shape and writes an internationalised domain one way (Unicode, not xn--)."""
+    local, _, domain = value.rpartition("@")
+    if not _LOCAL_PART.fullmatch(local) or len(value) > EMAIL_MAX_CHARS:
         raise ValueError("is not a valid email address")
-    return value
+    try:
+        domain = domain.encode("idna").decode("idna").lower()
+    except UnicodeError:
+        raise ValueError("is not a valid email address") from None
+    if not _DOMAIN.fullmatch(domain):
+        raise ValueError("is not a valid email address")
+    return f"{local}@{domain}"
 
 
 Email = Annotated[
     str,
     BeforeValidator(normalize_email),
-    Field(min_length=3, max_length=EMAIL_MAX_CHARS, json_schema_extra={"format": "email"}),
     AfterValidator(_encodable),
-    AfterValidator(_valid_email),
+    AfterValidator(_canonical_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_CHARS}),
 ]
 # Never trimmed or normalised: every character of a password counts.
 Password = Annotated[
@@ -80,6 +97,13 @@ MessageText = Annotated[
 ]
 
 
+def _login_email(value: str) -> str:
+    try:
+        return _canonical_email(value)
+    except ValueError:
+        return value  # cannot match an account: login answers "Invalid credentials"
+
+
 # --- requests ----------------------------------------------------------------
 
 
@@ -96,6 +120,7 @@ class LoginRequest(BaseModel):
         BeforeValidator(normalize_email),
         Field(min_length=1, max_length=EMAIL_MAX_CHARS),
         AfterValidator(_encodable),
+        AfterValidator(lambda v: _login_email(v)),
     ]
     password: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_encodable)]
 

@@ -74,6 +74,21 @@ class TestMalformedBodies:
         history = await client.get(f"/chat/session/{session_id}/history", headers=alice.headers)
         assert history.json()["messages"] == []
 
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b'{"email": "\xff@example.com", "password": "password123"}',
+            b"[" * 5000 + b"]" * 5000,
+            b'{"email": "a@example.com", "password": ' + b"9" * 5000 + b"}",
+        ],
+        ids=["invalid-utf8", "deep-nesting", "huge-integer"],
+    )
+    async def test_unreadable_json_is_a_422_like_any_malformed_json(
+        self, client: httpx.AsyncClient, raw: bytes
+    ) -> None:
+        response = await client.post("/auth/register", content=raw, headers=JSON)
+        assert_error(response, 422, "The request body is not valid JSON.")
+
     @pytest.mark.parametrize("raw", [b"[]", b'"text"', b"null", b"42", b"{}"])
     async def test_a_body_of_the_wrong_shape_is_a_422(
         self, client: httpx.AsyncClient, raw: bytes
@@ -105,9 +120,7 @@ class TestContentType:
         )
         assert_error(response, 415)
 
-    async def test_a_body_without_content_type_is_a_415(
-        self, client: httpx.AsyncClient
-    ) -> None:
+    async def test_a_body_without_content_type_is_a_415(self, client: httpx.AsyncClient) -> None:
         request = client.build_request(
             "POST", "/auth/register", content=b'{"email": "a@example.com"}'
         )
@@ -209,3 +222,26 @@ class TestNoSecretsInResponses:
             assert "$2b$" not in response.text
             assert "bcrypt" not in response.text
             assert user.password not in response.text
+
+
+class TestPrecedence:
+    async def test_without_a_valid_token_a_wrong_content_type_is_still_a_401(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        response = await client.post(
+            "/chat/message",
+            content=b"x",
+            headers={"content-type": "text/plain", "Authorization": "Bearer junk"},
+        )
+        assert response.status_code == 401
+
+    async def test_two_authorization_headers_are_refused(
+        self, client: httpx.AsyncClient, alice: User
+    ) -> None:
+        headers = [
+            ("Authorization", alice.headers["Authorization"]),
+            ("Authorization", "Bearer junk"),
+        ]
+        response = await client.get("/chat/sessions", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["detail"] == "ambiguous_authorization"

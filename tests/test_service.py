@@ -26,6 +26,14 @@ class TestProbes:
         assert response.status_code == 200
         assert response.json() == {"success": True, "status": "ok"}
 
+    @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+    async def test_probes_answer_head_for_uptime_checkers(
+        self, client: httpx.AsyncClient, path: str
+    ) -> None:
+        response = await client.head(path)
+        assert response.status_code == 200
+        assert response.content == b""
+
     async def test_readyz_touches_the_database(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/readyz")
         assert response.json() == {"success": True, "status": "ready"}
@@ -47,6 +55,8 @@ class TestExplorer:
         for url in urls:
             asset = await client.get(url)
             assert asset.status_code == 200, url
+        # Swagger UI would send the schema to validator.swagger.io unless told not to.
+        assert '"validatorUrl": null' in page.text
 
     async def test_openapi_declares_the_password_flow_at_login(
         self, client: httpx.AsyncClient
@@ -102,6 +112,15 @@ class TestCors:
         assert response.status_code == 200
         assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
 
+    async def test_a_refused_preflight_is_an_envelope(self, cors_app: FastAPI) -> None:
+        async with await _client_for(cors_app) as c:
+            response = await c.options(
+                "/chat/message",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+            )
+        assert_error(response, 400, "This cross-origin request is not allowed.")
+        assert "access-control-allow-origin" not in response.headers
+
     async def test_other_origins_get_no_cors_grant(self, cors_app: FastAPI) -> None:
         async with await _client_for(cors_app) as c:
             response = await c.get("/healthz", headers={"Origin": "https://evil.example"})
@@ -147,7 +166,9 @@ class TestSecretKey:
         first = create_app(settings)
         async with first.router.lifespan_context(first), await _client_for(first) as c:
             await c.post("/auth/register", json={"email": "k@example.com", "password": PASSWORD})
-            login = await c.post("/auth/login", json={"email": "k@example.com", "password": PASSWORD})
+            login = await c.post(
+                "/auth/login", json={"email": "k@example.com", "password": PASSWORD}
+            )
             token = login.json()["access_token"]
         key_file = tmp_path / SECRET_FILE_NAME
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -159,11 +180,31 @@ class TestSecretKey:
         assert me.status_code == 200
         assert key_file.read_text() == key
 
+    def test_a_key_file_readable_by_others_is_made_private(self, tmp_path: Path) -> None:
+        key_file = tmp_path / SECRET_FILE_NAME
+        key_file.write_text("k" * 20 + "Q" * 30)
+        key_file.chmod(0o644)
+        create_app(make_settings(tmp_path, jwt_secret_key=None))
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+    @pytest.mark.parametrize("content", ["", "short", "changeme-changeme-changeme-changeme"])
+    def test_an_unusable_key_file_stops_start_up(self, tmp_path: Path, content: str) -> None:
+        (tmp_path / SECRET_FILE_NAME).write_text(content)
+        with pytest.raises(ConfigError, match="delete the file"):
+            create_app(make_settings(tmp_path, jwt_secret_key=None))
+
+    def test_a_key_path_that_is_a_folder_stops_start_up(self, tmp_path: Path) -> None:
+        (tmp_path / SECRET_FILE_NAME).mkdir()
+        with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
+            create_app(make_settings(tmp_path, jwt_secret_key=None))
+
     async def test_tokens_signed_with_another_key_are_rejected(self, tmp_path: Path) -> None:
         first = create_app(make_settings(tmp_path))
         async with first.router.lifespan_context(first), await _client_for(first) as c:
             await c.post("/auth/register", json={"email": "r@example.com", "password": PASSWORD})
-            login = await c.post("/auth/login", json={"email": "r@example.com", "password": PASSWORD})
+            login = await c.post(
+                "/auth/login", json={"email": "r@example.com", "password": PASSWORD}
+            )
         other = create_app(make_settings(tmp_path, jwt_secret_key="x" * 20 + "y" * 20))
         async with other.router.lifespan_context(other), await _client_for(other) as c:
             me = await c.get(
@@ -187,6 +228,14 @@ class TestDatabase:
                     assert (await cur.fetchone()) == (1,)
         finally:
             await db.close()
+
+    async def test_the_data_folder_and_file_are_private(self, tmp_path: Path) -> None:
+        path = tmp_path / "private" / "c.db"
+        db = Database(path)
+        await db.open()
+        await db.close()
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
     async def test_reopening_keeps_data(self, tmp_path: Path, settings: Settings) -> None:
         for attempt in range(2):

@@ -2,10 +2,17 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
 from app import repository
-from app.deps import AssistantDep, CurrentUserId, DbDep, JsonBody, OwnedSession
+from app.deps import (
+    AssistantDep,
+    CurrentUserId,
+    DbDep,
+    JsonBody,
+    OwnedSession,
+    get_current_user_id,
+)
 from app.errors import SessionNotFound
 from app.pagination import decode_history_cursor, decode_session_cursor, encode_cursor
 from app.schemas import (
@@ -32,7 +39,9 @@ from app.services import conversation
 router = APIRouter(
     prefix="/chat",
     tags=["chat"],
-    dependencies=[JsonBody],
+    # The token is checked before the body's type: a caller without a valid token
+    # learns nothing else (FastAPI still reports unparseable JSON first).
+    dependencies=[Depends(get_current_user_id), JsonBody],
     responses=error_responses(401, 413, 415, 422),
 )
 

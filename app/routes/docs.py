@@ -25,7 +25,8 @@ async def swagger_ui() -> HTMLResponse:
         swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
         swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
         oauth2_redirect_url=OAUTH2_REDIRECT_URL,
-        swagger_ui_parameters={"persistAuthorization": True},
+        # validatorUrl None: Swagger UI would otherwise send the schema to validator.swagger.io.
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
     )
 
 

@@ -13,12 +13,14 @@ logger = logging.getLogger("chatgate.health")
 
 
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)  # uptime checkers often use HEAD
 async def healthz() -> StatusResponse:
     """The process is up (no auth, touches nothing)."""
     return StatusResponse(status="ok")
 
 
 @router.get("/readyz", responses=error_responses(503))
+@router.head("/readyz", include_in_schema=False)
 async def readyz(db: DbDep) -> StatusResponse:
     """The database answers a query."""
     try:

@@ -259,6 +259,27 @@ class TestDatabase:
             await db.open()
         await db.close()
 
+    async def test_deleting_a_session_removes_its_message_rows(
+        self, client: httpx.AsyncClient, app: FastAPI
+    ) -> None:
+        await client.post("/auth/register", json={"email": "m@example.com", "password": PASSWORD})
+        login = await client.post(
+            "/auth/login", json={"email": "m@example.com", "password": PASSWORD}
+        )
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        created = await client.post(
+            "/chat/session/new", json={"initial_message": "hello"}, headers=headers
+        )
+        session_id = created.json()["session"]["id"]
+        await client.delete(f"/chat/session/{session_id}", headers=headers)
+        async with (
+            app.state.services.db.read() as conn,
+            conn.execute(
+                "SELECT count(*) FROM messages WHERE session_id = ?", (session_id,)
+            ) as cur,
+        ):
+            assert await cur.fetchone() == (0,)
+
     async def test_reads_cannot_write(self, app: FastAPI) -> None:
         async with app.state.services.db.read() as conn:
             with pytest.raises(aiosqlite.OperationalError, match="readonly"):

@@ -1,99 +1,11 @@
-"""Every SQL statement chatgate runs. Callers pass the connection and own the transaction."""
+"""Chat sessions and their messages."""
 
-import sqlite3
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
 
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def utc_now() -> str:
-    """Fixed-width ISO 8601 UTC, so text order is time order."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class DuplicateEmail(Exception):
-    pass
-
-
-# --- users -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class UserRecord:
-    id: str
-    email: str
-    password_hash: str
-    display_name: str | None
-    role: str
-    created_at: str
-
-
-def _user(row: Any) -> UserRecord:
-    return UserRecord(*row)
-
-
-async def insert_user(
-    conn: aiosqlite.Connection, *, email: str, password_hash: str, display_name: str | None
-) -> UserRecord:
-    user = UserRecord(new_id(), email, password_hash, display_name, "user", utc_now())
-    try:
-        await conn.execute(
-            "INSERT INTO users (id, email, password_hash, display_name, role, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                user.id,
-                user.email,
-                user.password_hash,
-                user.display_name,
-                user.role,
-                user.created_at,
-            ),
-        )
-    except sqlite3.IntegrityError as exc:
-        raise DuplicateEmail(email) from exc
-    return user
-
-
-async def get_user_by_email(conn: aiosqlite.Connection, email: str) -> UserRecord | None:
-    sql = (
-        "SELECT id, email, password_hash, display_name, role, created_at FROM users WHERE email = ?"
-    )
-    async with conn.execute(sql, (email,)) as cur:
-        row = await cur.fetchone()
-    return _user(row) if row else None
-
-
-async def get_user_by_id(conn: aiosqlite.Connection, user_id: str) -> UserRecord | None:
-    sql = "SELECT id, email, password_hash, display_name, role, created_at FROM users WHERE id = ?"
-    async with conn.execute(sql, (user_id,)) as cur:
-        row = await cur.fetchone()
-    return _user(row) if row else None
-
-
-async def user_exists(conn: aiosqlite.Connection, user_id: str) -> bool:
-    async with conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)) as cur:
-        return await cur.fetchone() is not None
-
-
-async def update_password_hash(
-    conn: aiosqlite.Connection, user_id: str, password_hash: str
-) -> None:
-    await conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
-
-
-async def email_taken(conn: aiosqlite.Connection, email: str) -> bool:
-    async with conn.execute("SELECT 1 FROM users WHERE email = ?", (email,)) as cur:
-        return await cur.fetchone() is not None
-
-
-# --- chat sessions -----------------------------------------------------------
+from app.repository.common import new_id, utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +87,6 @@ async def delete_session(conn: aiosqlite.Connection, session_id: str, user_id: s
         (session_id, user_id),
     ) as cur:
         return await cur.fetchone() is not None
-
-
-# --- messages ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

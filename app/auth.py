@@ -1,5 +1,6 @@
 """Password hashing (always off the event loop) and access/refresh token issue and checks."""
 
+import json
 import secrets
 import time
 import uuid
@@ -7,14 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from jose import jwt
-from jose.exceptions import ExpiredSignatureError
+from jose import jws, jwt
+from jose.exceptions import JWSSignatureError
 from passlib.context import CryptContext
 
 from app.errors import Unauthorized
 
 ALGORITHM = "HS256"
 ACCESS = "access"
+EXTERNAL_SOURCE = "django"
 REFRESH = "refresh"
 MAX_TOKEN_CHARS = 4096
 CLOCK_SKEW_SECONDS = 30
@@ -72,6 +74,15 @@ class AccessClaims:
     user_id: str
     jti: str
     expires_at: int
+    family_id: str | None  # the login it descends from; None for external tokens
+    external: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshClaims:
+    user_id: str
+    family_id: str
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,91 +90,164 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
+    refresh_expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalIssuer:
+    """A Django site whose djangorestframework-simplejwt access tokens we accept."""
+
+    secret: str
+    user_id_claim: str
+    namespace: str = EXTERNAL_SOURCE
 
 
 class TokenService:
-    """Issues and checks chatgate's own HS256 tokens."""
+    """Issues and checks chatgate's HS256 tokens, and checks an external issuer's."""
 
     def __init__(
-        self, secret: str, issuer: str, access_ttl_seconds: int, refresh_ttl_seconds: int
+        self,
+        secret: str,
+        issuer: str,
+        access_ttl_seconds: int,
+        refresh_ttl_seconds: int,
+        external: ExternalIssuer | None = None,
     ) -> None:
         self._secret = secret
         self._issuer = issuer
         self._access_ttl = access_ttl_seconds
         self._refresh_ttl = refresh_ttl_seconds
+        self._external = external
 
-    def issue_pair(self, user_id: str) -> TokenPair:
+    def issue_pair(self, user_id: str, family_id: str) -> TokenPair:
+        now = int(time.time())
         return TokenPair(
-            access_token=self._encode(user_id, ACCESS, self._access_ttl),
-            refresh_token=self._encode(user_id, REFRESH, self._refresh_ttl),
+            access_token=self._encode(user_id, family_id, ACCESS, now, self._access_ttl),
+            refresh_token=self._encode(user_id, family_id, REFRESH, now, self._refresh_ttl),
             expires_in=self._access_ttl,
+            refresh_expires_at=now + self._refresh_ttl,
         )
 
-    def _encode(self, user_id: str, token_type: str, ttl: int) -> str:
-        now = int(time.time())
+    def _encode(self, user_id: str, family_id: str, kind: str, now: int, ttl: int) -> str:
         claims = {
             "sub": user_id,
             "iat": now,
             "exp": now + ttl,
             "jti": uuid.uuid4().hex,
             "iss": self._issuer,
-            "type": token_type,
+            "type": kind,
+            "fam": family_id,
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify_access(self, token: str) -> AccessClaims:
-        """The claims of a valid access token; `Unauthorized` naming the cause otherwise."""
-        claims = self._decode(token)
-        if claims.get("type") != ACCESS:
+        """The claims of a valid access token (ours or the external issuer's)."""
+        claims = _verified_claims(token, self._secret)
+        if claims is not None:
+            sub, jti, exp, family = self._own_claims(claims, ACCESS, self._access_ttl)
+            return AccessClaims(user_id=sub, jti=jti, expires_at=exp, family_id=family)
+        if self._external is not None:
+            claims = _verified_claims(token, self._external.secret)
+            if claims is not None:
+                return _external_claims(claims, self._external)
+        raise Unauthorized("invalid_token")
+
+    def verify_refresh(self, token: str) -> RefreshClaims:
+        """The claims of one of our refresh tokens (external ones refresh at their issuer)."""
+        claims = _verified_claims(token, self._secret)
+        if claims is None:
+            raise Unauthorized("invalid_token")
+        sub, _, exp, family = self._own_claims(claims, REFRESH, self._refresh_ttl)
+        if family is None:
+            raise Unauthorized("invalid_token")
+        return RefreshClaims(user_id=sub, family_id=family, expires_at=exp)
+
+    def _own_claims(
+        self, claims: dict[str, Any], kind: str, max_lifetime: int
+    ) -> tuple[str, str, int, str | None]:
+        if claims.get("type") != kind:
             raise Unauthorized("wrong_token_type")
-        return self._checked(claims, self._access_ttl)
-
-    def _decode(self, token: str) -> dict[str, Any]:
-        if len(token) > MAX_TOKEN_CHARS:
+        if claims.get("iss") != self._issuer:
             raise Unauthorized("invalid_token")
-        try:
-            header = jwt.get_unverified_header(token)
-            # RFC 7515: a `crit` extension we do not understand makes the token invalid.
-            if header.get("alg") != ALGORITHM or "crit" in header:
-                raise Unauthorized("invalid_token")
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                issuer=self._issuer,
-                options={
-                    "require_exp": True,
-                    "require_iat": True,
-                    "require_sub": True,
-                    "require_jti": True,
-                    "require_iss": True,
-                    "leeway": CLOCK_SKEW_SECONDS,
-                },
-            )
-        except ExpiredSignatureError:
-            raise Unauthorized("token_expired") from None
-        except Unauthorized:
-            raise
-        # python-jose lets AttributeError, OverflowError, TypeError and JWKError
-        # escape JWTError on odd input: any failure here is an invalid token.
-        except Exception:
-            raise Unauthorized("invalid_token") from None
-        if not isinstance(claims, dict):
+        sub, jti, family = claims.get("sub"), claims.get("jti"), claims.get("fam")
+        if not (_short_text(sub) and _short_text(jti)):
             raise Unauthorized("invalid_token")
-        return claims
-
-    @staticmethod
-    def _checked(claims: dict[str, Any], max_lifetime: int) -> AccessClaims:
-        sub, jti, iat, exp = (claims.get(k) for k in ("sub", "jti", "iat", "exp"))
-        if not (isinstance(sub, str) and sub and len(sub) <= 200):
+        if family is not None and not _short_text(family):
             raise Unauthorized("invalid_token")
-        if not (isinstance(jti, str) and jti and len(jti) <= 200):
-            raise Unauthorized("invalid_token")
-        if type(iat) is not int or type(exp) is not int:
-            raise Unauthorized("invalid_token")
-        now = int(time.time())
-        if iat > now + CLOCK_SKEW_SECONDS:
-            raise Unauthorized("token_not_yet_valid")
-        if exp - iat > max_lifetime + CLOCK_SKEW_SECONDS:
+        exp, iat = _checked_times(claims, require_iat=True)
+        if iat is None or exp - iat > max_lifetime + CLOCK_SKEW_SECONDS:
             raise Unauthorized("token_lifetime_too_long")
-        return AccessClaims(user_id=sub, jti=jti, expires_at=exp)
+        return str(sub), str(jti), exp, family
+
+
+def _short_text(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200
+
+
+def _verified_claims(token: str, key: str) -> dict[str, Any] | None:
+    """The payload when `key` signed the token; None for a bad signature; 401 for junk."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise Unauthorized("invalid_token")
+    try:
+        header = jwt.get_unverified_header(token)
+        # RFC 7515: a `crit` extension we do not understand makes the token invalid.
+        if header.get("alg") != ALGORITHM or "crit" in header:
+            raise Unauthorized("invalid_token")
+        payload = jws.verify(token, key, algorithms=[ALGORITHM])
+    except JWSSignatureError:
+        return None
+    except Unauthorized:
+        raise
+    # python-jose lets AttributeError, OverflowError, TypeError and JWKError
+    # escape its own errors on odd input: any failure here is an invalid token.
+    except Exception:
+        raise Unauthorized("invalid_token") from None
+    try:
+        claims = json.loads(payload)
+    except ValueError:
+        raise Unauthorized("invalid_token") from None
+    if not isinstance(claims, dict):
+        raise Unauthorized("invalid_token")
+    return claims
+
+
+def _checked_times(claims: dict[str, Any], *, require_iat: bool) -> tuple[int, int | None]:
+    """(`exp`, `iat`): whole seconds, checked with `nbf` against the clock."""
+    exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
+    if type(exp) is not int or (require_iat and iat is None):
+        raise Unauthorized("invalid_token")
+    if any(v is not None and type(v) is not int for v in (iat, nbf)):
+        raise Unauthorized("invalid_token")
+    now = int(time.time())
+    if exp < now - CLOCK_SKEW_SECONDS:
+        raise Unauthorized("token_expired")
+    if (iat is not None and iat > now + CLOCK_SKEW_SECONDS) or (
+        nbf is not None and nbf > now + CLOCK_SKEW_SECONDS
+    ):
+        raise Unauthorized("token_not_yet_valid")
+    return exp, iat
+
+
+def _external_claims(claims: dict[str, Any], issuer: ExternalIssuer) -> AccessClaims:
+    """A simplejwt access token: HS256, `token_type` access, `exp` and `jti`, a user claim."""
+    if claims.get("token_type") != ACCESS:
+        raise Unauthorized("wrong_token_type")
+    jti = claims.get("jti")
+    if not _short_text(jti):
+        raise Unauthorized("invalid_token")
+    exp, _ = _checked_times(claims, require_iat=False)
+    user = claims.get(issuer.user_id_claim)
+    # simplejwt <= 5.5.0 writes an int id, >= 5.5.1 a string: both name one user.
+    if type(user) is int:
+        local_id = str(user)
+    elif isinstance(user, str) and user.strip() and len(user) <= 150 and user.isprintable():
+        local_id = str(int(user)) if user.isdecimal() and user.isascii() else user
+    else:
+        raise Unauthorized("invalid_token")
+    return AccessClaims(
+        user_id=f"{issuer.namespace}:{local_id}",
+        jti=str(jti),
+        expires_at=exp,
+        family_id=None,
+        external=True,
+    )

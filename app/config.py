@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(default=12, ge=4, le=20)
     password_hash_concurrency: int | None = Field(default=None, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = []
+    external_jwt_secret: SecretStr | None = None
+    external_jwt_user_id_claim: str = Field(default="user_id", min_length=1, max_length=100)
     assistant_provider: Literal["echo"] = "echo"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -73,6 +75,18 @@ class Settings(BaseSettings):
         problem = secret_problem(value.get_secret_value(), "JWT_SECRET_KEY")
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("external_jwt_secret")
+    @classmethod
+    def _refuse_weak_external_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        # startproject's keys are random but labelled "django-insecure-": judge the rest.
+        secret = value.get_secret_value().removeprefix("django-insecure-")
+        problem = secret_problem(secret, "EXTERNAL_JWT_SECRET")
+        if problem:
+            raise ValueError(problem.replace(SECRET_HINT, "use the Django site's SECRET_KEY"))
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -59,6 +59,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 2: token lifecycle - logins (refresh-token families), their refresh tokens
+    # (hashes only), revoked access-token ids, and users from other issuers.
+    (
+        "ALTER TABLE users ADD COLUMN auth_source TEXT NOT NULL DEFAULT 'local'",
+        """
+        CREATE TABLE login_families (
+            id           TEXT PRIMARY KEY,
+            user_id      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at   TEXT NOT NULL,
+            last_used_at TEXT NOT NULL,
+            expires_at   TEXT NOT NULL,
+            user_agent   TEXT,
+            ip           TEXT,
+            revoked_at   TEXT
+        )
+        """,
+        "CREATE INDEX ix_login_families_user ON login_families (user_id, created_at)",
+        """
+        CREATE TABLE refresh_tokens (
+            token_hash TEXT PRIMARY KEY,
+            family_id  TEXT NOT NULL REFERENCES login_families(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at    TEXT
+        )
+        """,
+        "CREATE INDEX ix_refresh_tokens_family ON refresh_tokens (family_id)",
+        """
+        CREATE TABLE revoked_access_tokens (
+            jti        TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX ix_revoked_access_tokens_expiry ON revoked_access_tokens (expires_at)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

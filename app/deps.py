@@ -7,12 +7,13 @@ from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from app import repository
-from app.auth import PasswordHasher, TokenService
+from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
 from app.config import Settings
 from app.db import Database
 from app.errors import SessionNotFound, Unauthorized, UnsupportedMediaType
 from app.repository import SessionRecord
 from app.services.assistant import AssistantProvider
+from app.services.logins import USER_AGENT_MAX_CHARS, ClientInfo
 
 
 @dataclass(slots=True)
@@ -66,22 +67,55 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-async def get_current_user_id(
+async def get_access_claims(
     request: Request, token: BearerToken, tokens: TokensDep, db: DbDep
-) -> str:
-    """The user named by a valid access token, who must still exist."""
+) -> AccessClaims:
+    """A valid, unrevoked access token whose user still exists."""
     if not token:
         raise Unauthorized("missing_token")
     if len(request.headers.getlist("authorization")) > 1:
         raise Unauthorized("ambiguous_authorization")
     claims = tokens.verify_access(token)
+    state = await _access_state(db, claims)
+    if not state.user_exists and claims.external:
+        # First request of a user the external issuer vouches for.
+        async with db.transaction() as conn:
+            await repository.ensure_external_user(conn, claims.user_id, EXTERNAL_SOURCE)
+        state = await _access_state(db, claims)
+    if state.token_revoked:
+        raise Unauthorized("token_revoked")
+    if not state.user_exists:
+        raise Unauthorized("user_not_found")
+    return claims
+
+
+async def _access_state(db: Database, claims: AccessClaims) -> repository.AccessState:
     async with db.read() as conn:
-        if not await repository.user_exists(conn, claims.user_id):
-            raise Unauthorized("user_not_found")
+        return await repository.access_state(
+            conn, user_id=claims.user_id, jti=claims.jti, family_id=claims.family_id
+        )
+
+
+CurrentClaims = Annotated[AccessClaims, Depends(get_access_claims)]
+
+
+async def get_current_user_id(claims: CurrentClaims) -> str:
+    """The one dependency that binds every chat operation to the token's user."""
     return claims.user_id
 
 
 CurrentUserId = Annotated[str, Depends(get_current_user_id)]
+
+
+async def get_client_info(request: Request) -> ClientInfo:
+    user_agent = request.headers.get("user-agent")
+    return ClientInfo(
+        user_agent=user_agent[:USER_AGENT_MAX_CHARS] if user_agent else None,
+        ip=request.client.host if request.client else None,
+    )
+
+
+ClientInfoDep = Annotated[ClientInfo, Depends(get_client_info)]
 
 
 async def get_owned_session(

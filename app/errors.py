@@ -65,6 +65,11 @@ class InvalidCredentials(Unauthorized):
         super().__init__("invalid_credentials", "Invalid credentials")
 
 
+class Forbidden(AppError):
+    status_code = 403
+    message = _SENTENCES[403]
+
+
 class NotFound(AppError):
     status_code = 404
     message = _SENTENCES[404]

@@ -8,14 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.auth import PasswordHasher, TokenService
+from app.auth import ExternalIssuer, PasswordHasher, TokenService
 from app.config import ConfigError, Settings, load_settings
 from app.db import Database
 from app.deps import Services
 from app.errors import install_error_handlers
 from app.keys import resolve_jwt_secret
 from app.middleware import BodySizeLimit, EnvelopeCORSMiddleware
-from app.routes import auth, chat, health
+from app.routes import auth, chat, health, logins
 from app.routes.docs import mount_docs
 from app.services.assistant import build_assistant
 
@@ -55,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.jwt_issuer,
             settings.access_token_expire_minutes * 60,
             settings.refresh_token_expire_days * 86400,
+            external=_external_issuer(settings),
         ),
         assistant=assistant,
     )
@@ -66,12 +67,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.close()
 
 
+def _external_issuer(settings: Settings) -> ExternalIssuer | None:
+    if settings.external_jwt_secret is None:
+        return None
+    return ExternalIssuer(
+        secret=settings.external_jwt_secret.get_secret_value(),
+        user_id_claim=settings.external_jwt_user_id_claim,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; `ConfigError` when the configuration (or the key file) is unusable."""
     settings = settings or load_settings()
     _configure_logging(settings)
     # Resolved here, before serving, so a bad key stops start-up with one clear line.
     jwt_secret = resolve_jwt_secret(settings)
+    external = settings.external_jwt_secret
+    if external is not None and external.get_secret_value() == jwt_secret:
+        raise ConfigError(
+            "EXTERNAL_JWT_SECRET must differ from JWT_SECRET_KEY: with one key, a token of one "
+            "issuer could pass for the other's"
+        )
     app = FastAPI(
         title="chatgate",
         version="0.1.0",
@@ -96,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["WWW-Authenticate", "Retry-After"],
         )
     app.include_router(auth.router)
+    app.include_router(logins.router)
     app.include_router(chat.router)
     app.include_router(health.router)
     mount_docs(app)

@@ -125,6 +125,25 @@ class LoginRequest(BaseModel):
     password: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_encodable)]
 
 
+class RefreshRequest(BaseModel):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class LogoutRequest(BaseModel):
+    refresh_token: Annotated[str | None, Field(default=None, max_length=4096)] = None
+
+
+class PasswordChange(BaseModel):
+    current_password: Annotated[
+        str, Field(min_length=1, max_length=1024), AfterValidator(_encodable)
+    ]
+    new_password: Password
+
+
+class AccountDelete(BaseModel):
+    password: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_encodable)]
+
+
 class SessionCreate(BaseModel):
     title: Title | None = None
     initial_message: MessageText | None = None
@@ -150,10 +169,19 @@ class Record(BaseModel):
 
 class UserPublic(Record):
     id: str
-    email: str
+    email: str | None = Field(description="Null for users signed in by another issuer.")
     display_name: str | None
     role: Literal["user", "admin"]
     created_at: datetime
+
+
+class LoginInfo(Record):
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    user_agent: str | None
+    ip: str | None
+    current: bool = Field(default=False, description="The login this request's token is from.")
 
 
 class ChatSession(Record):
@@ -185,6 +213,10 @@ class TokenResponse(SuccessResponse):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105
     expires_in: int = Field(description="Seconds until the access token expires.")
+
+
+class LoginsResponse(SuccessResponse):
+    logins: list[LoginInfo]
 
 
 class SessionResponse(SuccessResponse):
@@ -229,7 +261,8 @@ class ErrorResponse(BaseModel):
 
 
 _ERROR_DESCRIPTIONS = {
-    401: "Missing, invalid or expired token (or, for login, invalid credentials).",
+    401: "Missing, invalid, expired or revoked token (or, for login, invalid credentials).",
+    403: "Not allowed (for example, a wrong current password).",
     404: "Not found, or not yours.",
     409: "Conflicts with existing data.",
     413: "Request body too large.",

@@ -8,6 +8,10 @@ import aiosqlite
 
 from app.repository.common import new_id, utc_now
 
+LOCAL = "local"
+# Stored as the hash of users from another issuer: no password ever verifies against it.
+NO_PASSWORD = "!"  # noqa: S105
+
 
 class DuplicateEmail(Exception):
     pass
@@ -21,6 +25,16 @@ class UserRecord:
     display_name: str | None
     role: str
     created_at: str
+    auth_source: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.auth_source == LOCAL
+
+
+_SELECT_USER = (
+    "SELECT id, email, password_hash, display_name, role, created_at, auth_source FROM users"
+)
 
 
 def _user(row: Any) -> UserRecord:
@@ -30,11 +44,12 @@ def _user(row: Any) -> UserRecord:
 async def insert_user(
     conn: aiosqlite.Connection, *, email: str, password_hash: str, display_name: str | None
 ) -> UserRecord:
-    user = UserRecord(new_id(), email, password_hash, display_name, "user", utc_now())
+    user = UserRecord(new_id(), email, password_hash, display_name, "user", utc_now(), LOCAL)
     try:
         await conn.execute(
-            "INSERT INTO users (id, email, password_hash, display_name, role, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users"
+            " (id, email, password_hash, display_name, role, created_at, auth_source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 user.id,
                 user.email,
@@ -42,6 +57,7 @@ async def insert_user(
                 user.display_name,
                 user.role,
                 user.created_at,
+                user.auth_source,
             ),
         )
     except sqlite3.IntegrityError as exc:
@@ -49,18 +65,30 @@ async def insert_user(
     return user
 
 
-async def get_user_by_email(conn: aiosqlite.Connection, email: str) -> UserRecord | None:
-    sql = (
-        "SELECT id, email, password_hash, display_name, role, created_at FROM users WHERE email = ?"
+async def ensure_external_user(conn: aiosqlite.Connection, user_id: str, source: str) -> None:
+    """Creates the row of a user another issuer vouches for (id `source:…`), once.
+
+    Its `email` column holds the id itself: unique, and never a valid email, so
+    no registration or password login can reach it.
+    """
+    await conn.execute(
+        "INSERT OR IGNORE INTO users"
+        " (id, email, password_hash, display_name, role, created_at, auth_source)"
+        " VALUES (?, ?, ?, NULL, 'user', ?, ?)",
+        (user_id, user_id, NO_PASSWORD, utc_now(), source),
     )
+
+
+async def get_local_user_by_email(conn: aiosqlite.Connection, email: str) -> UserRecord | None:
+    """Only accounts with a password here can log in with one."""
+    sql = _SELECT_USER + " WHERE email = ? AND auth_source = 'local'"
     async with conn.execute(sql, (email,)) as cur:
         row = await cur.fetchone()
     return _user(row) if row else None
 
 
 async def get_user_by_id(conn: aiosqlite.Connection, user_id: str) -> UserRecord | None:
-    sql = "SELECT id, email, password_hash, display_name, role, created_at FROM users WHERE id = ?"
-    async with conn.execute(sql, (user_id,)) as cur:
+    async with conn.execute(_SELECT_USER + " WHERE id = ?", (user_id,)) as cur:
         row = await cur.fetchone()
     return _user(row) if row else None
 
@@ -74,6 +102,12 @@ async def update_password_hash(
     conn: aiosqlite.Connection, user_id: str, password_hash: str
 ) -> None:
     await conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+
+async def delete_user(conn: aiosqlite.Connection, user_id: str) -> bool:
+    """Deletes the user; sessions, messages and logins go with it (ON DELETE CASCADE)."""
+    async with conn.execute("DELETE FROM users WHERE id = ? RETURNING id", (user_id,)) as cur:
+        return await cur.fetchone() is not None
 
 
 async def email_taken(conn: aiosqlite.Connection, email: str) -> bool:

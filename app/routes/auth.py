@@ -1,45 +1,60 @@
-"""Accounts and tokens: register, log in, who am I."""
-
-from typing import Any
+"""Accounts and tokens: register, log in, refresh, log out, change password, leave."""
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from app import repository
-from app.deps import CurrentUserId, DbDep, HasherDep, JsonBody, TokensDep
-from app.errors import Conflict, InvalidCredentials, Unauthorized, UnsupportedMediaType
+from app.auth import TokenPair
+from app.deps import (
+    ClientInfoDep,
+    CurrentClaims,
+    CurrentUserId,
+    DbDep,
+    HasherDep,
+    JsonBody,
+    TokensDep,
+)
+from app.errors import Conflict, Forbidden, InvalidCredentials, Unauthorized
+from app.repository import UserRecord
+from app.routes.credentials import LOGIN_BODY, read_credentials
 from app.schemas import (
-    LoginRequest,
+    AccountDelete,
+    LogoutRequest,
+    PasswordChange,
+    RefreshRequest,
     RegisterRequest,
+    SuccessResponse,
     TokenResponse,
     UserPublic,
     UserResponse,
     error_responses,
 )
+from app.services import logins
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
-_LOGIN_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/LoginRequest"}},
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["username", "password"],
-                    "properties": {
-                        "username": {"type": "string", "description": "Your email."},
-                        "password": {"type": "string", "format": "password"},
-                        "grant_type": {"type": "string", "enum": ["password"]},
-                        "scope": {"type": "string"},
-                    },
-                }
-            },
-        },
-    }
-}
+WRONG_PASSWORD = "The password is not correct."  # noqa: S105 - a message
+EXTERNAL_ACCOUNT = "This account belongs to another sign-in service; manage it there."
+
+
+def public(user: UserRecord) -> UserPublic:
+    # Users from another issuer have no email here; their `email` column holds their id.
+    return UserPublic(
+        id=user.id,
+        email=user.email if user.is_local else None,
+        display_name=user.display_name,
+        role=user.role,
+        created_at=user.created_at,
+    )
+
+
+def token_response(pair: TokenPair, response: Response) -> TokenResponse:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return TokenResponse(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        expires_in=pair.expires_in,
+    )
 
 
 @router.post(
@@ -58,28 +73,26 @@ async def register(body: RegisterRequest, db: DbDep, hasher: HasherDep) -> UserR
     try:
         async with db.transaction() as conn:
             user = await repository.insert_user(
-                conn,
-                email=body.email,
-                password_hash=password_hash,
-                display_name=body.display_name,
+                conn, email=body.email, password_hash=password_hash, display_name=body.display_name
             )
     except repository.DuplicateEmail:
         raise Conflict("User already exists") from None
-    return UserResponse(user=UserPublic.model_validate(user))
+    return UserResponse(user=public(user))
 
 
-@router.post(
-    "/login",
-    openapi_extra=_LOGIN_BODY,
-    responses=error_responses(401, 413, 415, 422),
-)
+@router.post("/login", openapi_extra=LOGIN_BODY, responses=error_responses(401, 413, 415, 422))
 async def login(
-    request: Request, response: Response, db: DbDep, hasher: HasherDep, tokens: TokensDep
+    request: Request,
+    response: Response,
+    db: DbDep,
+    hasher: HasherDep,
+    tokens: TokensDep,
+    client: ClientInfoDep,
 ) -> TokenResponse:
     """Log in with JSON {email, password} or the OAuth2 password form (username = email)."""
-    credentials = await _read_credentials(request)
+    credentials = await read_credentials(request)
     async with db.read() as conn:
-        user = await repository.get_user_by_email(conn, credentials.email)
+        user = await repository.get_local_user_by_email(conn, credentials.email)
     if user is None:
         await hasher.burn_verify(credentials.password)
         raise InvalidCredentials
@@ -89,60 +102,27 @@ async def login(
     if new_hash is not None:
         async with db.transaction() as conn:
             await repository.update_password_hash(conn, user.id, new_hash)
-    pair = tokens.issue_pair(user.id)
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Pragma"] = "no-cache"
-    return TokenResponse(
-        access_token=pair.access_token,
-        refresh_token=pair.refresh_token,
-        expires_in=pair.expires_in,
-    )
+    pair = await logins.start_login(db, tokens, user_id=user.id, client=client)
+    return token_response(pair, response)
 
 
-async def _read_credentials(request: Request) -> LoginRequest:
-    content_type = request.headers.get("content-type", "")
-    mime = content_type.split(";", 1)[0].strip().lower()
-    try:
-        if mime == "application/json" or mime.endswith("+json"):
-            return LoginRequest.model_validate_json(await request.body())
-        if mime in {"application/x-www-form-urlencoded", "multipart/form-data"}:
-            form = await request.form()
-            _check_grant_type(form.get("grant_type"))
-            try:
-                return LoginRequest.model_validate(
-                    {"email": form.get("username"), "password": form.get("password")}
-                )
-            except ValidationError as exc:
-                raise _invalid(exc, {"email": "username"}) from None
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-    raise UnsupportedMediaType(
-        "Send JSON {email, password} or an OAuth2 form (username, password)."
-    )
+@router.post("/refresh", dependencies=[JsonBody], responses=error_responses(401, 413, 415, 422))
+async def refresh(
+    body: RefreshRequest, response: Response, db: DbDep, tokens: TokensDep, client: ClientInfoDep
+) -> TokenResponse:
+    """Trade a refresh token for a new pair; each refresh token works once."""
+    pair = await logins.rotate(db, tokens, refresh_token=body.refresh_token, client=client)
+    return token_response(pair, response)
 
 
-def _check_grant_type(grant_type: object) -> None:
-    """The OAuth2 password flow says grant_type=password; absent is tolerated."""
-    if grant_type is not None and grant_type != "password":
-        raise RequestValidationError(
-            [
-                {
-                    "type": "literal_error",
-                    "loc": ("body", "grant_type"),
-                    "msg": "Input should be 'password'",
-                }
-            ]
-        )
-
-
-def _invalid(exc: ValidationError, names: dict[str, str] | None = None) -> RequestValidationError:
-    names = names or {}
-    return RequestValidationError(
-        [
-            {**err, "loc": ("body", *(names.get(str(p), p) for p in err["loc"]))}
-            for err in exc.errors(include_input=False)
-        ]
-    )
+@router.post("/logout", dependencies=[JsonBody], responses=error_responses(401, 413, 415, 422))
+async def logout(
+    claims: CurrentClaims, db: DbDep, tokens: TokensDep, body: LogoutRequest | None = None
+) -> SuccessResponse:
+    """End this login: the access token used and, if given, the refresh token's login."""
+    refresh_token = body.refresh_token if body else None
+    await logins.logout(db, tokens, access=claims, refresh_token=refresh_token)
+    return SuccessResponse()
 
 
 @router.get("/me", responses=error_responses(401))
@@ -152,4 +132,42 @@ async def read_me(user_id: CurrentUserId, db: DbDep) -> UserResponse:
         user = await repository.get_user_by_id(conn, user_id)
     if user is None:
         raise Unauthorized("user_not_found")
-    return UserResponse(user=UserPublic.model_validate(user))
+    return UserResponse(user=public(user))
+
+
+async def _confirm_password(db: DbDep, hasher: HasherDep, user_id: str, password: str) -> None:
+    async with db.read() as conn:
+        user = await repository.get_user_by_id(conn, user_id)
+    if user is None:
+        raise Unauthorized("user_not_found")
+    if not user.is_local:
+        raise Forbidden(EXTERNAL_ACCOUNT)
+    matches, _ = await hasher.verify(password, user.password_hash)
+    if not matches:
+        raise Forbidden(WRONG_PASSWORD)
+
+
+@router.post(
+    "/password", dependencies=[JsonBody], responses=error_responses(401, 403, 413, 415, 422)
+)
+async def change_password(
+    body: PasswordChange, claims: CurrentClaims, db: DbDep, hasher: HasherDep
+) -> SuccessResponse:
+    """Change your password; every other login of yours ends, this one stays."""
+    await _confirm_password(db, hasher, claims.user_id, body.current_password)
+    new_hash = await hasher.hash(body.new_password)
+    async with db.transaction() as conn:
+        await repository.update_password_hash(conn, claims.user_id, new_hash)
+        await repository.revoke_other_families(conn, claims.user_id, claims.family_id)
+    return SuccessResponse()
+
+
+@router.delete("/me", dependencies=[JsonBody], responses=error_responses(401, 403, 413, 415, 422))
+async def delete_me(
+    body: AccountDelete, user_id: CurrentUserId, db: DbDep, hasher: HasherDep
+) -> SuccessResponse:
+    """Delete your account, sessions, messages and logins; confirm with your password."""
+    await _confirm_password(db, hasher, user_id, body.password)
+    async with db.transaction() as conn:
+        await repository.delete_user(conn, user_id)
+    return SuccessResponse()

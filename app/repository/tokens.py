@@ -1,0 +1,161 @@
+"""Logins (refresh-token families), their refresh tokens and revoked access-token ids.
+
+A refresh token is stored as its SHA-256, never as itself.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from app.repository.common import utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRecord:
+    id: str
+    created_at: str
+    last_used_at: str
+    user_agent: str | None
+    ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRecord:
+    family_id: str
+    user_id: str
+    used_at: str | None
+    family_revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccessState:
+    user_exists: bool
+    token_revoked: bool
+
+
+async def create_family(
+    conn: aiosqlite.Connection,
+    *,
+    family_id: str,
+    user_id: str,
+    expires_at: str,
+    user_agent: str | None,
+    ip: str | None,
+) -> None:
+    now = utc_now()
+    await conn.execute(
+        "INSERT INTO login_families"
+        " (id, user_id, created_at, last_used_at, expires_at, user_agent, ip)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (family_id, user_id, now, now, expires_at, user_agent, ip),
+    )
+
+
+async def add_refresh_token(
+    conn: aiosqlite.Connection, *, token_hash: str, family_id: str, expires_at: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO refresh_tokens (token_hash, family_id, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?)",
+        (token_hash, family_id, utc_now(), expires_at),
+    )
+
+
+async def get_refresh_token(conn: aiosqlite.Connection, token_hash: str) -> RefreshRecord | None:
+    async with conn.execute(
+        "SELECT r.family_id, f.user_id, r.used_at, f.revoked_at IS NOT NULL"
+        " FROM refresh_tokens r JOIN login_families f ON f.id = r.family_id"
+        " WHERE r.token_hash = ?",
+        (token_hash,),
+    ) as cur:
+        row = await cur.fetchone()
+    return RefreshRecord(row[0], row[1], row[2], bool(row[3])) if row else None
+
+
+async def mark_refresh_token_used(conn: aiosqlite.Connection, token_hash: str) -> None:
+    await conn.execute(
+        "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (utc_now(), token_hash)
+    )
+
+
+async def touch_family(
+    conn: aiosqlite.Connection,
+    family_id: str,
+    *,
+    expires_at: str,
+    user_agent: str | None,
+    ip: str | None,
+) -> None:
+    await conn.execute(
+        "UPDATE login_families SET last_used_at = ?, expires_at = ?, user_agent = ?, ip = ?"
+        " WHERE id = ?",
+        (utc_now(), expires_at, user_agent, ip, family_id),
+    )
+
+
+async def revoke_family(conn: aiosqlite.Connection, family_id: str, user_id: str) -> bool:
+    """Ends one login of this user; False when it is not theirs or already ended."""
+    async with conn.execute(
+        "UPDATE login_families SET revoked_at = ?"
+        " WHERE id = ? AND user_id = ? AND revoked_at IS NULL RETURNING id",
+        (utc_now(), family_id, user_id),
+    ) as cur:
+        return await cur.fetchone() is not None
+
+
+async def revoke_other_families(
+    conn: aiosqlite.Connection, user_id: str, keep_family_id: str | None
+) -> None:
+    await conn.execute(
+        "UPDATE login_families SET revoked_at = ?"
+        " WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+        (utc_now(), user_id, keep_family_id),
+    )
+
+
+async def list_active_families(conn: aiosqlite.Connection, user_id: str) -> list[LoginRecord]:
+    """Logins that can still refresh, oldest first."""
+    async with conn.execute(
+        "SELECT id, created_at, last_used_at, user_agent, ip FROM login_families"
+        " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?"
+        " ORDER BY created_at, id",
+        (user_id, utc_now()),
+    ) as cur:
+        return [LoginRecord(*row) for row in await cur.fetchall()]
+
+
+async def revoke_access_token(conn: aiosqlite.Connection, jti: str, expires_at: int) -> None:
+    await conn.execute(
+        "INSERT OR IGNORE INTO revoked_access_tokens (jti, expires_at) VALUES (?, ?)",
+        (jti, expires_at),
+    )
+
+
+async def purge_expired(conn: aiosqlite.Connection, now_epoch: int) -> None:
+    """Forgets what can no longer matter: revoked ids and refresh tokens past their expiry."""
+    await conn.execute("DELETE FROM revoked_access_tokens WHERE expires_at < ?", (now_epoch,))
+    await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (utc_now(),))
+    await conn.execute("DELETE FROM login_families WHERE expires_at < ?", (utc_now(),))
+
+
+_ACCESS_STATE = """
+SELECT
+    EXISTS (SELECT 1 FROM users WHERE id = :user_id),
+    EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = :jti)
+    OR (:family_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM login_families
+        WHERE id = :family_id AND user_id = :user_id AND revoked_at IS NULL
+    ))
+"""
+
+
+async def access_state(
+    conn: aiosqlite.Connection, *, user_id: str, jti: str, family_id: str | None
+) -> AccessState:
+    """Everything a request's token depends on, in one indexed round trip."""
+    params: dict[str, Any] = {"user_id": user_id, "jti": jti, "family_id": family_id}
+    async with conn.execute(_ACCESS_STATE, params) as cur:
+        row = await cur.fetchone()
+    assert row is not None  # noqa: S101 - a SELECT without FROM always yields one row
+    return AccessState(user_exists=bool(row[0]), token_revoked=bool(row[1]))

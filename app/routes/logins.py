@@ -1,0 +1,37 @@
+"""The logins (devices) a user has, and ending one of them."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from app import repository
+from app.deps import CurrentClaims, DbDep
+from app.errors import NotFound
+from app.schemas import LoginInfo, LoginsResponse, SuccessResponse, error_responses
+
+router = APIRouter(prefix="/auth/logins", tags=["auth"], responses=error_responses(401, 422))
+
+
+@router.get("")
+async def list_logins(claims: CurrentClaims, db: DbDep) -> LoginsResponse:
+    """Your logins that can still refresh, oldest first; `current` marks this one."""
+    async with db.read() as conn:
+        rows = await repository.list_active_families(conn, claims.user_id)
+    return LoginsResponse(
+        logins=[
+            LoginInfo.model_validate(row).model_copy(update={"current": row.id == claims.family_id})
+            for row in rows
+        ]
+    )
+
+
+@router.delete("/{login_id}", responses=error_responses(404))
+async def end_login(
+    login_id: Annotated[str, Path(max_length=200)], claims: CurrentClaims, db: DbDep
+) -> SuccessResponse:
+    """Log out that device: its refresh token and access tokens stop working."""
+    async with db.transaction() as conn:
+        ended = await repository.revoke_family(conn, login_id, claims.user_id)
+    if not ended:
+        raise NotFound("Login not found")
+    return SuccessResponse()

@@ -13,7 +13,7 @@ PORT   ?= 8009
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,django-test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 from jose import jws, jwt
-from jose.exceptions import JWSSignatureError
+from jose.exceptions import JWSError
 from passlib.context import CryptContext
 
 from app.errors import Unauthorized
@@ -20,6 +20,7 @@ EXTERNAL_SOURCE = "django"
 REFRESH = "refresh"
 MAX_TOKEN_CHARS = 4096
 CLOCK_SKEW_SECONDS = 30
+SIGNATURE_FAILED = "Signature verification failed."
 
 
 class PasswordHasher:
@@ -194,8 +195,12 @@ def _verified_claims(token: str, key: str) -> dict[str, Any] | None:
         if header.get("alg") != ALGORITHM or "crit" in header:
             raise Unauthorized("invalid_token")
         payload = jws.verify(token, key, algorithms=[ALGORITHM])
-    except JWSSignatureError:
-        return None
+    except JWSError as exc:
+        # jose re-raises JWSSignatureError as a plain JWSError with this message;
+        # only a bad signature may fall through to another issuer's key.
+        if str(exc) == SIGNATURE_FAILED:
+            return None
+        raise Unauthorized("invalid_token") from None
     except Unauthorized:
         raise
     # python-jose lets AttributeError, OverflowError, TypeError and JWKError
@@ -237,12 +242,15 @@ def _external_claims(claims: dict[str, Any], issuer: ExternalIssuer) -> AccessCl
         raise Unauthorized("invalid_token")
     exp, _ = _checked_times(claims, require_iat=False)
     user = claims.get(issuer.user_id_claim)
-    # simplejwt <= 5.5.0 writes an int id, >= 5.5.1 a string: both name one user.
-    if type(user) is int:
-        local_id = str(user)
-    elif isinstance(user, str) and user.strip() and len(user) <= 150 and user.isprintable():
-        local_id = str(int(user)) if user.isdecimal() and user.isascii() else user
-    else:
+    # simplejwt <= 5.5.0 writes an int id, >= 5.5.1 str(id): 42 and "42" are one user,
+    # while "007" stays distinct from "7" (text primary keys are written as they are).
+    local_id = str(user) if type(user) is int else user
+    if not (
+        isinstance(local_id, str)
+        and local_id.strip()
+        and len(local_id) <= 150
+        and local_id.isprintable()
+    ):
         raise Unauthorized("invalid_token")
     return AccessClaims(
         user_id=f"{issuer.namespace}:{local_id}",

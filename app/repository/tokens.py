@@ -132,9 +132,10 @@ async def revoke_access_token(conn: aiosqlite.Connection, jti: str, expires_at: 
     )
 
 
-async def purge_expired(conn: aiosqlite.Connection, now_epoch: int) -> None:
-    """Forgets what can no longer matter: revoked ids and refresh tokens past their expiry."""
-    await conn.execute("DELETE FROM revoked_access_tokens WHERE expires_at < ?", (now_epoch,))
+async def purge_expired(conn: aiosqlite.Connection, before_epoch: int) -> None:
+    """Forgets what can no longer matter: revoked ids of tokens that expired before
+    `before_epoch` (callers allow for clock skew), and dead refresh tokens and logins."""
+    await conn.execute("DELETE FROM revoked_access_tokens WHERE expires_at < ?", (before_epoch,))
     await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (utc_now(),))
     await conn.execute("DELETE FROM login_families WHERE expires_at < ?", (utc_now(),))
 

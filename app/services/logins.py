@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from app import repository
-from app.auth import AccessClaims, TokenPair, TokenService
+from app.auth import CLOCK_SKEW_SECONDS, AccessClaims, TokenPair, TokenService
 from app.db import Database
 from app.errors import Unauthorized
 from app.repository.common import new_id, utc_from_epoch
@@ -35,7 +35,8 @@ async def start_login(
     pair = tokens.issue_pair(user_id, family_id)
     expires_at = utc_from_epoch(pair.refresh_expires_at)
     async with db.transaction() as conn:
-        await repository.purge_expired(conn, int(time.time()))
+        # A token is accepted until exp + skew: its revocation must outlive that.
+        await repository.purge_expired(conn, int(time.time()) - CLOCK_SKEW_SECONDS)
         await repository.create_family(
             conn,
             family_id=family_id,

@@ -1,5 +1,6 @@
 """Settings: every knob chatgate reads from the environment or `.env`."""
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -111,6 +112,11 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return database_path_of(self.database_url)
+
+    @property
+    def hash_concurrency(self) -> int:
+        """Password hashes at once: PASSWORD_HASH_CONCURRENCY, else one per CPU."""
+        return self.password_hash_concurrency or os.cpu_count() or 1
 
     @property
     def data_dir(self) -> Path:

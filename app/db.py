@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
+import anyio
 
 logger = logging.getLogger("chatgate.db")
 
@@ -110,16 +111,21 @@ class Database:
 
     async def open(self) -> None:
         await asyncio.to_thread(_create_private, self.path)
-        self._writer = await self._connect(str(self.path), uri=False)
-        await self._writer.execute("PRAGMA journal_mode = WAL")
-        # NORMAL in WAL mode: a process crash loses nothing committed; a power cut
-        # may lose the last transactions but never corrupts the file.
-        await self._writer.execute("PRAGMA synchronous = NORMAL")
-        await self._migrate()
-        for _ in range(self._read_size):
-            reader = await self._connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-            self._all_readers.append(reader)
-            self._readers.put_nowait(reader)
+        try:
+            self._writer = await self._connect(str(self.path), uri=False)
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a process crash loses nothing committed; a power cut
+            # may lose the last transactions but never corrupts the file.
+            await self._writer.execute("PRAGMA synchronous = NORMAL")
+            await self._migrate()
+            for _ in range(self._read_size):
+                reader = await self._connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+                self._all_readers.append(reader)
+                self._readers.put_nowait(reader)
+        except BaseException:
+            # aiosqlite's threads are not daemons: an unclosed connection hangs the exit.
+            await self.close()
+            raise
 
     async def close(self) -> None:
         for reader in self._all_readers:
@@ -143,20 +149,26 @@ class Database:
         """An IMMEDIATE transaction on the writer; commits on success, rolls back on error."""
         if self._writer is None:
             raise RuntimeError("database is not open")
+        writer = self._writer
         async with self._write_lock:
             try:
-                await self._writer.execute("BEGIN IMMEDIATE")
-                yield self._writer
+                await writer.execute("BEGIN IMMEDIATE")
+                yield writer
+                # Shielded: a client that disconnects now must not leave the outcome unknown.
+                with anyio.CancelScope(shield=True):
+                    await writer.execute("COMMIT")
             except BaseException:
-                await self._rollback(self._writer)
+                with anyio.CancelScope(shield=True):
+                    await self._rollback(writer)
                 raise
-            await self._writer.execute("COMMIT")
 
     @staticmethod
     async def _rollback(conn: aiosqlite.Connection) -> None:
-        # A cancelled BEGIN may or may not have run; either way leave no transaction open.
-        with contextlib.suppress(sqlite3.OperationalError):
-            await conn.execute("ROLLBACK")
+        # A cancelled BEGIN may or may not have run, a failed COMMIT leaves the
+        # transaction open: either way leave none behind.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.OperationalError):
+                await conn.execute("ROLLBACK")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -175,22 +187,28 @@ class Database:
         return int(row[0]) if row else 0
 
     async def _migrate(self) -> None:
-        assert self._writer is not None  # noqa: S101 - called from open() only
-        async with self._writer.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database {self.path} has schema version {current}, newer than this "
-                f"chatgate ({SCHEMA_VERSION}); upgrade chatgate instead"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        """Applies the missing migrations, each in its own transaction.
+
+        The version is read inside the write transaction, so instances starting
+        together on one file take turns instead of applying a step twice.
+        """
+        while True:
             async with self.transaction() as conn:
-                for statement in MIGRATIONS[version - 1]:
+                async with conn.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                if current > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"the database {self.path} has schema version {current}, newer than "
+                        f"this chatgate ({SCHEMA_VERSION}); upgrade chatgate instead"
+                    )
+                if current == SCHEMA_VERSION:
+                    return
+                for statement in MIGRATIONS[current]:
                     await conn.execute(statement)
-                # PRAGMA takes no parameters; version is an int from range().
-                await conn.execute(f"PRAGMA user_version = {version}")
-            logger.info("database %s migrated to schema version %d", self.path, version)
+                # PRAGMA takes no parameters; the version is an int we computed.
+                await conn.execute(f"PRAGMA user_version = {current + 1}")
+            logger.info("database %s migrated to schema version %d", self.path, current + 1)
 
 
 def _create_private(path: Path) -> None:
@@ -199,5 +217,9 @@ def _create_private(path: Path) -> None:
     SQLite gives the -wal and -shm files the database file's permissions.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
+    try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            logger.warning("%s was readable by other users; its mode is now 0600", path)

@@ -42,13 +42,19 @@ def _read(path: Path) -> str:
 def _generate(path: Path) -> str:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
-    # O_EXCL: if two processes start together, one writes and the other reads its key.
+    # Written whole under a private name, then linked into place: a process starting
+    # at the same moment sees either no key file or a complete one, and if two race,
+    # the link fails for one of them, which then reads the winner's key.
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secret + "\n")
+        os.link(draft, path)
     except FileExistsError:
         return _read(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secret + "\n")
+    finally:
+        draft.unlink(missing_ok=True)
     logger.warning(
         "JWT_SECRET_KEY is not set: generated a signing key and saved it to %s (mode 0600). "
         "Tokens stay valid across restarts while that file is kept; set JWT_SECRET_KEY to "

@@ -1,10 +1,10 @@
 """The application factory and its lifespan: the one place resources open and close."""
 
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI
 
@@ -17,7 +17,7 @@ from app.keys import resolve_jwt_secret
 from app.middleware import BodySizeLimit, EnvelopeCORSMiddleware
 from app.routes import auth, chat, health, logins
 from app.routes.docs import mount_docs
-from app.services.assistant import build_assistant
+from app.services.assistant import AssistantProvider, build_assistant
 
 logger = logging.getLogger("chatgate")
 
@@ -39,14 +39,27 @@ def _configure_logging(settings: Settings) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    db = Database(settings.database_path)
-    await db.open()
-    hasher = PasswordHasher(
-        settings.bcrypt_rounds, settings.password_hash_concurrency or os.cpu_count() or 1
-    )
-    await hasher.prepare()
-    assistant = build_assistant(settings)
-    app.state.services = Services(
+    async with AsyncExitStack() as resources:
+        db = Database(settings.database_path)
+        await db.open()
+        resources.push_async_callback(db.close)
+        assistant = build_assistant(settings)
+        resources.push_async_callback(assistant.aclose)
+        hasher = PasswordHasher(settings.bcrypt_rounds, settings.hash_concurrency)
+        await hasher.prepare()
+        app.state.services = _services(app, settings, db, hasher, assistant)
+        logger.info("chatgate ready; database %s", settings.database_path)
+        yield
+
+
+def _services(
+    app: FastAPI,
+    settings: Settings,
+    db: Database,
+    hasher: PasswordHasher,
+    assistant: AssistantProvider,
+) -> Services:
+    return Services(
         settings=settings,
         db=db,
         hasher=hasher,
@@ -59,12 +72,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         assistant=assistant,
     )
-    logger.info("chatgate ready; database %s", settings.database_path)
-    try:
-        yield
-    finally:
-        await assistant.aclose()
-        await db.close()
 
 
 def _external_issuer(settings: Settings) -> ExternalIssuer | None:
@@ -90,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app = FastAPI(
         title="chatgate",
-        version="0.1.0",
+        version=version("chatgate"),
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # served by routes/docs.py from local assets

@@ -1294,3 +1294,67 @@ class TestRevokedTokens:
 
         assert_unauthorized(response, cause)
         assert (await password_login(client, alice.email, alice.password)).status_code == 200
+
+
+class TestRacesWithPasswordWork:
+    """bcrypt runs outside transactions; what it verified must still hold when it commits."""
+
+    @pytest.fixture
+    def settings(self, tmp_path: Path) -> Settings:
+        # Slow enough hashing (~50 ms) that the login and the change overlap.
+        return make_settings(tmp_path, bcrypt_rounds=9)
+
+    async def _legacy(self, app: FastAPI, user: User) -> None:
+        import bcrypt
+
+        legacy = bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(4)).decode()
+        async with app.state.services.db.transaction() as conn:
+            await repository.update_password_hash(conn, user.id, legacy)
+
+    @pytest.mark.parametrize("attempt", range(5))
+    async def test_a_login_in_flight_never_undoes_a_password_change(
+        self, client: httpx.AsyncClient, app: FastAPI, make_user: UserFactory, attempt: int
+    ) -> None:
+        user = await make_user()
+        await self._legacy(app, user)  # its login re-hashes: the write that could undo
+        new_password = f"a brand new password {attempt}"
+
+        _, changed = await asyncio.gather(
+            client.post("/auth/login", json={"email": user.email, "password": user.password}),
+            client.post(
+                "/auth/password",
+                json={"current_password": user.password, "new_password": new_password},
+                headers=user.headers,
+            ),
+        )
+
+        with_new = await client.post(
+            "/auth/login", json={"email": user.email, "password": new_password}
+        )
+        with_old = await client.post(
+            "/auth/login", json={"email": user.email, "password": user.password}
+        )
+        # The change may lose to the login's re-hash (a 403: nothing changed, try
+        # again); what must never happen is a 200 after which the old password rules.
+        assert changed.status_code in {200, 403}
+        expected = (200, 401) if changed.status_code == 200 else (401, 200)
+        assert (with_new.status_code, with_old.status_code) == expected
+
+    @pytest.mark.parametrize("attempt", range(5))
+    async def test_a_login_racing_account_deletion_is_never_a_500(
+        self, client: httpx.AsyncClient, make_user: UserFactory, attempt: int
+    ) -> None:
+        user = await make_user()
+
+        login, deleted = await asyncio.gather(
+            client.post("/auth/login", json={"email": user.email, "password": user.password}),
+            client.request(
+                "DELETE", "/auth/me", json={"password": user.password}, headers=user.headers
+            ),
+        )
+
+        assert deleted.status_code == 200
+        assert login.status_code in {200, 401}
+        if login.status_code == 200:  # logged in just before: the deletion ended it
+            me = await client.get("/auth/me", headers=bearer(login.json()["access_token"]))
+            assert me.status_code == 401

@@ -39,10 +39,10 @@ from app.repository.users import (
     email_taken,
     ensure_external_user,
     get_local_user_by_email,
+    get_password_hash,
     get_user_by_id,
     insert_user,
     update_password_hash,
-    user_exists,
 )
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "ensure_external_user",
     "get_local_user_by_email",
     "get_owned_session",
+    "get_password_hash",
     "get_refresh_token",
     "get_user_by_id",
     "insert_session",
@@ -80,7 +81,6 @@ __all__ = [
     "revoke_other_families",
     "touch_family",
     "update_password_hash",
-    "user_exists",
     "utc_from_epoch",
     "utc_now",
 ]

@@ -93,9 +93,10 @@ async def get_user_by_id(conn: aiosqlite.Connection, user_id: str) -> UserRecord
     return _user(row) if row else None
 
 
-async def user_exists(conn: aiosqlite.Connection, user_id: str) -> bool:
-    async with conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)) as cur:
-        return await cur.fetchone() is not None
+async def get_password_hash(conn: aiosqlite.Connection, user_id: str) -> str | None:
+    async with conn.execute("SELECT password_hash FROM users WHERE id = ?", (user_id,)) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row else None
 
 
 async def update_password_hash(

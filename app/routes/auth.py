@@ -13,7 +13,7 @@ from app.deps import (
     JsonBody,
     TokensDep,
 )
-from app.errors import Conflict, Forbidden, InvalidCredentials, Unauthorized
+from app.errors import Conflict, Unauthorized
 from app.repository import UserRecord
 from app.routes.credentials import LOGIN_BODY, read_credentials
 from app.schemas import (
@@ -28,12 +28,9 @@ from app.schemas import (
     UserResponse,
     error_responses,
 )
-from app.services import logins
+from app.services import accounts, logins
 
 router = APIRouter(prefix="/auth", tags=["auth"])
-
-WRONG_PASSWORD = "The password is not correct."  # noqa: S105 - a message
-EXTERNAL_ACCOUNT = "This account belongs to another sign-in service; manage it there."
 
 
 def public(user: UserRecord) -> UserPublic:
@@ -91,18 +88,7 @@ async def login(
 ) -> TokenResponse:
     """Log in with JSON {email, password} or the OAuth2 password form (username = email)."""
     credentials = await read_credentials(request)
-    async with db.read() as conn:
-        user = await repository.get_local_user_by_email(conn, credentials.email)
-    if user is None:
-        await hasher.burn_verify(credentials.password)
-        raise InvalidCredentials
-    matches, new_hash = await hasher.verify(credentials.password, user.password_hash)
-    if not matches:
-        raise InvalidCredentials
-    if new_hash is not None:
-        async with db.transaction() as conn:
-            await repository.update_password_hash(conn, user.id, new_hash)
-    pair = await logins.start_login(db, tokens, user_id=user.id, client=client)
+    pair = await accounts.log_in(db, hasher, tokens, credentials, client)
     return token_response(pair, response)
 
 
@@ -135,18 +121,6 @@ async def read_me(user_id: CurrentUserId, db: DbDep) -> UserResponse:
     return UserResponse(user=public(user))
 
 
-async def _confirm_password(db: DbDep, hasher: HasherDep, user_id: str, password: str) -> None:
-    async with db.read() as conn:
-        user = await repository.get_user_by_id(conn, user_id)
-    if user is None:
-        raise Unauthorized("user_not_found")
-    if not user.is_local:
-        raise Forbidden(EXTERNAL_ACCOUNT)
-    matches, _ = await hasher.verify(password, user.password_hash)
-    if not matches:
-        raise Forbidden(WRONG_PASSWORD)
-
-
 @router.post(
     "/password", dependencies=[JsonBody], responses=error_responses(401, 403, 413, 415, 422)
 )
@@ -154,11 +128,14 @@ async def change_password(
     body: PasswordChange, claims: CurrentClaims, db: DbDep, hasher: HasherDep
 ) -> SuccessResponse:
     """Change your password; every other login of yours ends, this one stays."""
-    await _confirm_password(db, hasher, claims.user_id, body.current_password)
-    new_hash = await hasher.hash(body.new_password)
-    async with db.transaction() as conn:
-        await repository.update_password_hash(conn, claims.user_id, new_hash)
-        await repository.revoke_other_families(conn, claims.user_id, claims.family_id)
+    await accounts.change_password(
+        db,
+        hasher,
+        user_id=claims.user_id,
+        keep_family_id=claims.family_id,
+        current=body.current_password,
+        new=body.new_password,
+    )
     return SuccessResponse()
 
 
@@ -167,7 +144,5 @@ async def delete_me(
     body: AccountDelete, user_id: CurrentUserId, db: DbDep, hasher: HasherDep
 ) -> SuccessResponse:
     """Delete your account, sessions, messages and logins; confirm with your password."""
-    await _confirm_password(db, hasher, user_id, body.password)
-    async with db.transaction() as conn:
-        await repository.delete_user(conn, user_id)
+    await accounts.delete_account(db, hasher, user_id=user_id, password=body.password)
     return SuccessResponse()

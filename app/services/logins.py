@@ -9,11 +9,12 @@ import hashlib
 import time
 from dataclasses import dataclass
 
+import aiosqlite
+
 from app import repository
 from app.auth import CLOCK_SKEW_SECONDS, AccessClaims, TokenPair, TokenService
 from app.db import Database
 from app.errors import Unauthorized
-from app.repository.common import new_id, utc_from_epoch
 
 USER_AGENT_MAX_CHARS = 300
 
@@ -29,28 +30,25 @@ def token_hash(token: str) -> str:
 
 
 async def start_login(
-    db: Database, tokens: TokenService, *, user_id: str, client: ClientInfo
+    conn: aiosqlite.Connection, tokens: TokenService, *, user_id: str, client: ClientInfo
 ) -> TokenPair:
-    family_id = new_id()
+    """A new login (family) and its first pair, inside the caller's transaction."""
+    family_id = repository.new_id()
     pair = tokens.issue_pair(user_id, family_id)
-    expires_at = utc_from_epoch(pair.refresh_expires_at)
-    async with db.transaction() as conn:
-        # A token is accepted until exp + skew: its revocation must outlive that.
-        await repository.purge_expired(conn, int(time.time()) - CLOCK_SKEW_SECONDS)
-        await repository.create_family(
-            conn,
-            family_id=family_id,
-            user_id=user_id,
-            expires_at=expires_at,
-            user_agent=client.user_agent,
-            ip=client.ip,
-        )
-        await repository.add_refresh_token(
-            conn,
-            token_hash=token_hash(pair.refresh_token),
-            family_id=family_id,
-            expires_at=expires_at,
-        )
+    expires_at = repository.utc_from_epoch(pair.refresh_expires_at)
+    # A token is accepted until exp + skew: its revocation must outlive that.
+    await repository.purge_expired(conn, int(time.time()) - CLOCK_SKEW_SECONDS)
+    await repository.create_family(
+        conn,
+        family_id=family_id,
+        user_id=user_id,
+        expires_at=expires_at,
+        user_agent=client.user_agent,
+        ip=client.ip,
+    )
+    await repository.add_refresh_token(
+        conn, token_hash=token_hash(pair.refresh_token), family_id=family_id, expires_at=expires_at
+    )
     return pair
 
 
@@ -71,7 +69,7 @@ async def rotate(
             raise Unauthorized("token_revoked")
         if record.used_at is None:
             pair = tokens.issue_pair(record.user_id, record.family_id)
-            expires_at = utc_from_epoch(pair.refresh_expires_at)
+            expires_at = repository.utc_from_epoch(pair.refresh_expires_at)
             await repository.mark_refresh_token_used(conn, digest)
             await repository.add_refresh_token(
                 conn,
@@ -100,9 +98,9 @@ async def logout(
     other_family = await _family_of(db, tokens, refresh_token, access.user_id)
     async with db.transaction() as conn:
         await repository.revoke_access_token(conn, access.jti, access.expires_at)
-        for family_id in {access.family_id, other_family} - {None}:
-            assert family_id is not None  # noqa: S101 - for mypy; filtered above
-            await repository.revoke_family(conn, family_id, access.user_id)
+        for family_id in (access.family_id, other_family):
+            if family_id is not None:
+                await repository.revoke_family(conn, family_id, access.user_id)
 
 
 async def _family_of(

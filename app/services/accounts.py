@@ -1,0 +1,85 @@
+"""Password checks for login, password change and account deletion.
+
+bcrypt runs outside any transaction (it takes a quarter of a second); each
+change then happens in a transaction that first checks the hash it verified
+is still the stored one, so a password changed or an account deleted in the
+meantime is never undone or ignored.
+"""
+
+from app import repository
+from app.auth import PasswordHasher, TokenPair, TokenService
+from app.db import Database
+from app.errors import Forbidden, InvalidCredentials, Unauthorized
+from app.schemas import LoginRequest
+from app.services import logins
+from app.services.logins import ClientInfo
+
+WRONG_PASSWORD = "The password is not correct."  # noqa: S105 - a message
+EXTERNAL_ACCOUNT = "This account belongs to another sign-in service; manage it there."
+
+
+async def log_in(
+    db: Database,
+    hasher: PasswordHasher,
+    tokens: TokenService,
+    credentials: LoginRequest,
+    client: ClientInfo,
+) -> TokenPair:
+    """A new login for valid credentials; the same 401, in the same time, otherwise."""
+    async with db.read() as conn:
+        user = await repository.get_local_user_by_email(conn, credentials.email)
+    if user is None:
+        await hasher.burn_verify(credentials.password)
+        raise InvalidCredentials
+    matches, upgraded = await hasher.verify(credentials.password, user.password_hash)
+    if not matches:
+        raise InvalidCredentials
+    async with db.transaction() as conn:
+        if await repository.get_password_hash(conn, user.id) != user.password_hash:
+            raise InvalidCredentials  # changed or deleted while we were hashing
+        if upgraded is not None:
+            await repository.update_password_hash(conn, user.id, upgraded)
+        return await logins.start_login(conn, tokens, user_id=user.id, client=client)
+
+
+async def _confirmed(db: Database, hasher: PasswordHasher, user_id: str, password: str) -> str:
+    """The stored hash, once `password` matches it."""
+    async with db.read() as conn:
+        user = await repository.get_user_by_id(conn, user_id)
+    if user is None:
+        raise Unauthorized("user_not_found")
+    if not user.is_local:
+        raise Forbidden(EXTERNAL_ACCOUNT)
+    matches, _ = await hasher.verify(password, user.password_hash)
+    if not matches:
+        raise Forbidden(WRONG_PASSWORD)
+    return user.password_hash
+
+
+async def change_password(
+    db: Database,
+    hasher: PasswordHasher,
+    *,
+    user_id: str,
+    keep_family_id: str | None,
+    current: str,
+    new: str,
+) -> None:
+    """Sets the new password and ends every other login of the user."""
+    verified = await _confirmed(db, hasher, user_id, current)
+    new_hash = await hasher.hash(new)
+    async with db.transaction() as conn:
+        if await repository.get_password_hash(conn, user_id) != verified:
+            raise Forbidden(WRONG_PASSWORD)
+        await repository.update_password_hash(conn, user_id, new_hash)
+        await repository.revoke_other_families(conn, user_id, keep_family_id)
+
+
+async def delete_account(
+    db: Database, hasher: PasswordHasher, *, user_id: str, password: str
+) -> None:
+    verified = await _confirmed(db, hasher, user_id, password)
+    async with db.transaction() as conn:
+        if await repository.get_password_hash(conn, user_id) != verified:
+            raise Forbidden(WRONG_PASSWORD)
+        await repository.delete_user(conn, user_id)

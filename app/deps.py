@@ -82,10 +82,10 @@ async def get_access_claims(
         async with db.transaction() as conn:
             await repository.ensure_external_user(conn, claims.user_id, EXTERNAL_SOURCE)
         state = await _access_state(db, claims)
-    if state.token_revoked:
-        raise Unauthorized("token_revoked")
     if not state.user_exists:
         raise Unauthorized("user_not_found")
+    if state.token_revoked:
+        raise Unauthorized("token_revoked")
     return claims
 
 
@@ -134,20 +134,27 @@ async def get_owned_session(
 OwnedSession = Annotated[SessionRecord, Depends(get_owned_session)]
 
 
+def media_type(request: Request) -> str:
+    """The Content-Type without parameters, lower-cased ("" when absent)."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def is_json(mime: str) -> bool:
+    return mime == "application/json" or mime.endswith("+json")
+
+
 async def require_json(request: Request) -> None:
     """415 for a body that is not JSON, instead of a confusing validation error."""
-    if request.method not in {"POST", "PUT", "PATCH"}:
+    if request.method not in {"POST", "PUT", "PATCH", "DELETE"}:
         return
-    content_type = request.headers.get("content-type")
-    if content_type is None:
+    if "content-type" not in request.headers:
         has_body = request.headers.get("content-length", "0") != "0" or (
             "transfer-encoding" in request.headers
         )
         if has_body:
             raise UnsupportedMediaType
         return
-    mime = content_type.split(";", 1)[0].strip().lower()
-    if mime != "application/json" and not mime.endswith("+json"):
+    if not is_json(media_type(request)):
         raise UnsupportedMediaType
 
 

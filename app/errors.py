@@ -89,6 +89,16 @@ class UnsupportedMediaType(AppError):
     message = _SENTENCES[415]
 
 
+class InvalidCursor(AppError):
+    status_code = 422
+    message = "The cursor is not valid; pass back a next_cursor value unchanged."
+
+    def __init__(self) -> None:
+        super().__init__(
+            detail=[{"type": "cursor_invalid", "loc": ["query", "cursor"], "msg": "Invalid cursor"}]
+        )
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     message = _SENTENCES[503]

@@ -4,17 +4,7 @@ import base64
 import binascii
 import json
 
-from app.errors import AppError
-
-
-class InvalidCursor(AppError):
-    status_code = 422
-    message = "The cursor is not valid; pass back a next_cursor value unchanged."
-
-    def __init__(self) -> None:
-        super().__init__(
-            detail=[{"type": "cursor_invalid", "loc": ["query", "cursor"], "msg": "Invalid cursor"}]
-        )
+from app.errors import InvalidCursor
 
 
 def encode_cursor(*key: str | int) -> str:

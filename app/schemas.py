@@ -4,6 +4,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import idna
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -54,10 +55,13 @@ def _canonical_email(value: str) -> str:
     local, _, domain = value.rpartition("@")
     if not _LOCAL_PART.fullmatch(local) or len(value) > EMAIL_MAX_CHARS:
         raise ValueError("is not a valid email address")
-    try:
-        domain = domain.encode("idna").decode("idna").lower()
-    except UnicodeError:
-        raise ValueError("is not a valid email address") from None
+    if not domain.isascii() or "xn--" in domain:
+        # IDNA 2008 (UTS 46, non-transitional): straße.de stays apart from strasse.de,
+        # and a punycode spelling becomes the Unicode one.
+        try:
+            domain = idna.decode(idna.encode(domain, uts46=True, transitional=False))
+        except idna.IDNAError:
+            raise ValueError("is not a valid email address") from None
     if not _DOMAIN.fullmatch(domain):
         raise ValueError("is not a valid email address")
     return f"{local}@{domain}"
@@ -120,7 +124,7 @@ class LoginRequest(BaseModel):
         BeforeValidator(normalize_email),
         Field(min_length=1, max_length=EMAIL_MAX_CHARS),
         AfterValidator(_encodable),
-        AfterValidator(lambda v: _login_email(v)),
+        AfterValidator(_login_email),
     ]
     password: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_encodable)]
 
@@ -130,7 +134,7 @@ class RefreshRequest(BaseModel):
 
 
 class LogoutRequest(BaseModel):
-    refresh_token: Annotated[str | None, Field(default=None, max_length=4096)] = None
+    refresh_token: Annotated[str | None, Field(max_length=4096)] = None
 
 
 class PasswordChange(BaseModel):

@@ -131,6 +131,11 @@ class TestDuplicateEmail:
 
         assert_error(response, 409, ALREADY_EXISTS)
 
+    async def test_idna_2008_keeps_sharp_s_apart_from_ss(self, client: httpx.AsyncClient) -> None:
+        assert (await register(client, "a@straße.de", "password one")).status_code == 201
+        assert (await register(client, "a@strasse.de", "password two")).status_code == 201
+        assert_error(await register(client, "a@xn--strae-oqa.de", "password 3"), 409)
+
     async def test_an_idn_domain_and_its_punycode_are_one_account(
         self, client: httpx.AsyncClient
     ) -> None:

@@ -24,6 +24,11 @@ class TestRouting:
         assert_error(response, 405)
         assert "POST" in response.headers["allow"]
 
+    async def test_a_405_on_a_probe_names_get(self, client: httpx.AsyncClient) -> None:
+        response = await client.put("/healthz")
+        assert_error(response, 405)
+        assert "GET" in response.headers["allow"]
+
 
 class TestMalformedBodies:
     @pytest.mark.parametrize(

@@ -1029,8 +1029,20 @@ class TestDeleteAccount:
         await delete_account(client, alice.access_token, {"password": alice.password})
 
         for device in (alice, phone):
-            assert_rejected(await me(client, device.access_token), device.access_token)
+            gone = await me(client, device.access_token)
+            assert_rejected(gone, device.access_token)
+            assert gone.json()["detail"] == "user_not_found"
             assert_rejected(await refresh(client, device.refresh_token), device.refresh_token)
+
+    async def test_a_non_json_body_is_a_415(self, client: httpx.AsyncClient, alice: User) -> None:
+        response = await client.request(
+            "DELETE",
+            "/auth/me",
+            content=b"password=x",
+            headers={**alice.headers, "content-type": "text/plain"},
+        )
+
+        assert_error(response, 415)
 
     async def test_wrong_password_is_a_403_and_deletes_nothing(
         self,

@@ -6,6 +6,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from app.deps import is_json, media_type
 from app.errors import UnsupportedMediaType
 from app.schemas import LoginRequest
 
@@ -32,10 +33,9 @@ LOGIN_BODY: dict[str, Any] = {
 
 
 async def read_credentials(request: Request) -> LoginRequest:
-    content_type = request.headers.get("content-type", "")
-    mime = content_type.split(";", 1)[0].strip().lower()
+    mime = media_type(request)
     try:
-        if mime == "application/json" or mime.endswith("+json"):
+        if is_json(mime):
             return LoginRequest.model_validate_json(await request.body())
         if mime in {"application/x-www-form-urlencoded", "multipart/form-data"}:
             form = await request.form()

@@ -19,7 +19,14 @@ async def list_logins(claims: CurrentClaims, db: DbDep) -> LoginsResponse:
         rows = await repository.list_active_families(conn, claims.user_id)
     return LoginsResponse(
         logins=[
-            LoginInfo.model_validate(row).model_copy(update={"current": row.id == claims.family_id})
+            LoginInfo(
+                id=row.id,
+                created_at=row.created_at,
+                last_used_at=row.last_used_at,
+                user_agent=row.user_agent,
+                ip=row.ip,
+                current=row.id == claims.family_id,
+            )
             for row in rows
         ]
     )

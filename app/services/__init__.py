@@ -1,1 +1,1 @@
-"""Things chatgate talks to that are not its database: the assistant providers."""
+"""Work that spans more than one query: accounts, logins, conversations, the assistant."""

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
@@ -64,7 +64,15 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     external_jwt_secret: SecretStr | None = None
     external_jwt_user_id_claim: str = Field(default="user_id", min_length=1, max_length=100)
-    assistant_provider: Literal["echo"] = "echo"
+    assistant_provider: Literal["echo", "openai"] = "echo"
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = None
+    openai_model: str | None = None
+    openai_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    openai_read_timeout: float = Field(default=60.0, gt=0, le=3600)
+    system_prompt: str = "You are a helpful assistant."
+    context_max_messages: int = Field(default=20, ge=1, le=1000)
+    context_max_chars: int = Field(default=24_000, ge=100, le=10_000_000)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -89,6 +97,15 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem.replace(SECRET_HINT, "use the Django site's SECRET_KEY"))
         return value
+
+    @model_validator(mode="after")
+    def _openai_needs_a_model(self) -> "Settings":
+        if self.assistant_provider == "openai" and not self.openai_model:
+            raise ValueError(
+                "OPENAI_MODEL must name a model when ASSISTANT_PROVIDER=openai "
+                "(for example gpt-4o-mini, or llama3.2 on Ollama)"
+            )
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -29,6 +29,7 @@ _SENTENCES = {
     422: "The request is not valid.",
     429: "Too many requests; slow down and retry later.",
     500: "Internal server error; the problem has been logged.",
+    502: "The assistant is unavailable",
     503: "The service is temporarily unavailable; retry later.",
 }
 
@@ -97,6 +98,13 @@ class InvalidCursor(AppError):
         super().__init__(
             detail=[{"type": "cursor_invalid", "loc": ["query", "cursor"], "msg": "Invalid cursor"}]
         )
+
+
+class AssistantUnavailable(AppError):
+    """The provider failed; the user's message is stored all the same."""
+
+    status_code = 502
+    message = _SENTENCES[502]
 
 
 class ServiceUnavailable(AppError):

@@ -273,6 +273,7 @@ _ERROR_DESCRIPTIONS = {
     415: "Request body is not JSON.",
     422: "Invalid input.",
     500: "Internal error.",
+    502: "The assistant is unavailable; the user message was stored.",
     503: "Temporarily unavailable.",
 }
 

@@ -1,8 +1,11 @@
 """Chat sessions and messages; every route acts only on the caller's own sessions."""
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app import repository
 from app.deps import (
@@ -13,8 +16,9 @@ from app.deps import (
     OwnedSession,
     get_current_user_id,
 )
-from app.errors import SessionNotFound
+from app.errors import AssistantUnavailable, SessionNotFound
 from app.pagination import decode_history_cursor, decode_session_cursor, encode_cursor
+from app.repository import MessageRecord
 from app.schemas import (
     HISTORY_PAGE_DEFAULT,
     HISTORY_PAGE_MAX,
@@ -35,6 +39,7 @@ from app.schemas import (
     error_responses,
 )
 from app.services import conversation
+from app.services.assistant import ProviderError
 
 router = APIRouter(
     prefix="/chat",
@@ -46,6 +51,17 @@ router = APIRouter(
 )
 
 DEFAULT_TITLE = "New chat"
+SEND_DESCRIPTION = """\
+Stores the message, then streams the reply as Server-Sent Events:
+
+- `event: delta` / `data: {"content": "…"}`, once per piece of the reply;
+- `event: done` / `data: {"user_message": {…}, "assistant_message": {…}}` at the end;
+- or `event: error` / `data: {"error": "…"}` if the assistant fails (the user
+  message stays stored) and the stream ends.
+
+Wrong session, bad body or bad token: a plain JSON error before any event.
+If the client disconnects, generation stops and the partial reply is stored.
+"""
 Cursor = Annotated[str | None, Query(max_length=500, description="A next_cursor value.")]
 
 
@@ -55,7 +71,7 @@ def _title_from(text: str) -> str:
     return first_line if len(first_line) <= limit else first_line[: limit - 1] + "…"
 
 
-@router.post("/session/new", status_code=status.HTTP_201_CREATED)
+@router.post("/session/new", status_code=status.HTTP_201_CREATED, responses=error_responses(502))
 async def create_session(
     user_id: CurrentUserId, db: DbDep, assistant: AssistantDep, body: SessionCreate | None = None
 ) -> SessionCreatedResponse:
@@ -77,7 +93,7 @@ async def create_session(
     return SessionCreatedResponse(session=ChatSession.model_validate(session), messages=messages)
 
 
-@router.post("/message", responses=error_responses(404))
+@router.post("/message", responses=error_responses(404, 502))
 async def send_message(
     body: MessageCreate, user_id: CurrentUserId, db: DbDep, assistant: AssistantDep
 ) -> MessageExchangeResponse:
@@ -89,6 +105,48 @@ async def send_message(
         session_id=body.session_id,
         user_message=ChatMessage.model_validate(user_message),
         assistant_message=ChatMessage.model_validate(assistant_message),
+    )
+
+
+async def accept_message(body: MessageCreate, user_id: CurrentUserId, db: DbDep) -> MessageRecord:
+    """Stores the user's message before any event is sent, so a wrong session or a bad
+    body is a plain JSON error, and the message survives whatever the stream does."""
+    return await conversation.add_user_message(
+        db, session_id=body.session_id, user_id=user_id, text=body.message
+    )
+
+
+AcceptedMessage = Annotated[MessageRecord, Depends(accept_message)]
+
+
+@router.post(
+    "/send",
+    response_class=EventSourceResponse,
+    responses=error_responses(404),
+    openapi_extra={"description": SEND_DESCRIPTION},
+)
+async def stream_message(
+    user_message: AcceptedMessage, user_id: CurrentUserId, db: DbDep, assistant: AssistantDep
+) -> AsyncIterator[ServerSentEvent]:
+    """Add a message and stream the reply as Server-Sent Events (delta, then done or error)."""
+    reply = conversation.StreamedReply(db, assistant, user_id=user_id, user_message=user_message)
+    try:
+        async with aclosing(reply.deltas()) as deltas:
+            async for delta in deltas:
+                yield ServerSentEvent(event="delta", data={"content": delta})
+    except ProviderError:
+        yield ServerSentEvent(event="error", data={"error": AssistantUnavailable.message})
+        return
+    except SessionNotFound:
+        yield ServerSentEvent(event="error", data={"error": SessionNotFound.message})
+        return
+    assert reply.message is not None  # noqa: S101 - stored when the stream completed
+    yield ServerSentEvent(
+        event="done",
+        data={
+            "user_message": ChatMessage.model_validate(user_message).model_dump(mode="json"),
+            "assistant_message": ChatMessage.model_validate(reply.message).model_dump(mode="json"),
+        },
     )
 
 

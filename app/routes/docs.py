@@ -1,6 +1,7 @@
 """The OpenAPI explorer, with Swagger UI's assets served from the installed package (no CDN)."""
 
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 from fastapi import APIRouter, FastAPI
@@ -39,3 +40,22 @@ async def swagger_ui_redirect() -> HTMLResponse:
 def mount_docs(app: FastAPI) -> None:
     app.include_router(router)
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        _errors_as_json(schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _errors_as_json(schema: dict[str, Any]) -> None:
+    """Errors are JSON everywhere, also on /chat/send, whose success is an event stream
+    (FastAPI files every declared response under the route's media type)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[0] in "45" and "application/json" not in content and content:
+                    response["content"] = {"application/json": next(iter(content.values()))}

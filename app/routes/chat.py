@@ -1,5 +1,6 @@
 """Chat sessions and messages; every route acts only on the caller's own sessions."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated
@@ -41,6 +42,7 @@ from app.schemas import (
 from app.services import conversation
 from app.services.assistant import ProviderError
 
+logger = logging.getLogger("chatgate.chat")
 router = APIRouter(
     prefix="/chat",
     tags=["chat"],
@@ -134,7 +136,8 @@ async def stream_message(
         async with aclosing(reply.deltas()) as deltas:
             async for delta in deltas:
                 yield ServerSentEvent(event="delta", data={"content": delta})
-    except ProviderError:
+    except ProviderError as exc:
+        logger.warning("assistant failed for session %s: %s", user_message.session_id, exc)
         yield ServerSentEvent(event="error", data={"error": AssistantUnavailable.message})
         return
     except SessionNotFound:

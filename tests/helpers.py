@@ -1,14 +1,18 @@
 """Helpers shared by the test modules: isolated settings, the test user, envelope checks."""
 
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from app.config import Settings
+from app.main import create_app
 
 TEST_SECRET = secrets.token_urlsafe(48)
 PASSWORD = "correct horse battery staple"
@@ -69,3 +73,14 @@ def assert_unauthorized(response: httpx.Response, cause: str | None = None) -> N
     assert response.headers["www-authenticate"] == "Bearer"
     if cause is not None:
         assert response.json()["detail"] == cause
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An app with its own settings through its whole lifespan, as a process runs it."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        yield app, c

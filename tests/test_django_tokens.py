@@ -8,15 +8,12 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from jose import jwt
 from pydantic import ValidationError
 
@@ -31,6 +28,7 @@ from tests.helpers import (
     assert_error,
     assert_unauthorized,
     make_settings,
+    running,
 )
 
 
@@ -134,17 +132,6 @@ def django_site() -> DjangoSite:
 def settings(tmp_path: Path, django_site: DjangoSite) -> Settings:
     """Overrides conftest's: every app in this module accepts the Django site's tokens."""
     return make_settings(tmp_path, external_jwt_secret=django_site.key)
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An app with other settings, through its whole lifespan."""
-    app: FastAPI = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
-    ):
-        yield c
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -583,7 +570,7 @@ class TestWithoutDjangoKey:
         self, tmp_path: Path, django_site: DjangoSite, kind: str
     ) -> None:
         token = django_site.token(kind=kind)
-        async with running(make_settings(tmp_path)) as client:
+        async with running(make_settings(tmp_path)) as (_, client):
             assert_refused(await client.get("/chat/sessions", headers=bearer(token)), token)
 
 
@@ -654,10 +641,10 @@ class TestLoggingOutDjangoTokens:
         self, tmp_path: Path, django_site: DjangoSite, settings: Settings
     ) -> None:
         token = django_site.token()
-        async with running(settings) as before:
+        async with running(settings) as (_, before):
             assert (await before.post("/auth/logout", headers=bearer(token))).status_code == 200
 
-        async with running(settings) as after:
+        async with running(settings) as (_, after):
             response = await after.get("/auth/me", headers=bearer(token))
 
         assert_refused(response, token, "token_revoked")

@@ -6,8 +6,7 @@ import dataclasses
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,6 @@ from jose import jwt
 
 from app import repository
 from app.config import Settings
-from app.main import create_app
 from tests.conftest import SessionFactory, UserFactory
 from tests.helpers import (
     PASSWORD,
@@ -29,6 +27,7 @@ from tests.helpers import (
     assert_error,
     assert_unauthorized,
     make_settings,
+    running,
 )
 
 TOKEN_FIELDS = {"success", "access_token", "refresh_token", "token_type", "expires_in"}
@@ -180,17 +179,6 @@ def just_expired(**extra: Any) -> dict[str, Any]:
     """Times of a token past its expiry but inside the 30 s of clock skew allowed."""
     now = int(time.time())
     return {"iat": now - 65, "exp": now - 5, **extra}
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """An app with its own settings, through its whole lifespan."""
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
-    ):
-        yield app, c
 
 
 async def register_and_log_in(client: httpx.AsyncClient, email: str) -> User:

@@ -7,8 +7,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,17 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import FastAPI
 from jose import jwt
 
 from app.config import Settings
-from app.main import create_app
-from tests.helpers import PASSWORD, TEST_SECRET, User, assert_unauthorized, make_settings
+from tests.helpers import (
+    PASSWORD,
+    TEST_SECRET,
+    User,
+    assert_unauthorized,
+    make_settings,
+    running,
+)
 
 PROTECTED_ROUTES = ["/auth/me", "/chat/sessions"]
 MISSING = object()
@@ -521,17 +525,6 @@ class TestClaims:
         assert_rejected(await call_with_token(client, route, token), token, "user_not_found")
 
 
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An app through its whole lifespan, as a process start and stop would run it."""
-    app: FastAPI = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
-    ):
-        yield c
-
-
 async def register_and_login(client: httpx.AsyncClient) -> str:
     credentials = {"email": "restart@example.com", "password": PASSWORD}
     assert (await client.post("/auth/register", json=credentials)).status_code == 201
@@ -543,10 +536,10 @@ async def register_and_login(client: httpx.AsyncClient) -> str:
 
 class TestRestart:
     async def test_token_survives_a_restart_with_the_same_secret(self, tmp_path: Path) -> None:
-        async with running(make_settings(tmp_path)) as before:
+        async with running(make_settings(tmp_path)) as (_, before):
             token = await register_and_login(before)
 
-        async with running(make_settings(tmp_path)) as after:
+        async with running(make_settings(tmp_path)) as (_, after):
             for route in PROTECTED_ROUTES:
                 response = await call_with_token(after, route, token)
                 assert response.status_code == 200, response.text
@@ -554,27 +547,27 @@ class TestRestart:
     async def test_second_instance_with_the_same_secret_accepts_the_token(
         self, client: httpx.AsyncClient, alice: User, tmp_path: Path
     ) -> None:
-        async with running(make_settings(tmp_path)) as other:
+        async with running(make_settings(tmp_path)) as (_, other):
             response = await call_with_token(other, "/auth/me", alice.access_token)
 
         assert response.status_code == 200, response.text
         assert response.json()["user"]["id"] == alice.id
 
     async def test_token_survives_a_restart_with_a_generated_secret(self, tmp_path: Path) -> None:
-        async with running(make_settings(tmp_path, jwt_secret_key=None)) as before:
+        async with running(make_settings(tmp_path, jwt_secret_key=None)) as (_, before):
             token = await register_and_login(before)
 
-        async with running(make_settings(tmp_path, jwt_secret_key=None)) as after:
+        async with running(make_settings(tmp_path, jwt_secret_key=None)) as (_, after):
             response = await call_with_token(after, "/auth/me", token)
 
         assert response.status_code == 200, response.text
 
     async def test_token_dies_when_the_secret_changes(self, tmp_path: Path) -> None:
-        async with running(make_settings(tmp_path)) as before:
+        async with running(make_settings(tmp_path)) as (_, before):
             token = await register_and_login(before)
 
         other_secret = secrets.token_urlsafe(48)
-        async with running(make_settings(tmp_path, jwt_secret_key=other_secret)) as after:
+        async with running(make_settings(tmp_path, jwt_secret_key=other_secret)) as (_, after):
             response = await call_with_token(after, "/auth/me", token)
 
         assert_rejected(response, token)

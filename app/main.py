@@ -14,7 +14,7 @@ from app.db import Database
 from app.deps import Services
 from app.errors import install_error_handlers
 from app.keys import resolve_jwt_secret
-from app.middleware import BodySizeLimit, EnvelopeCORSMiddleware
+from app.middleware import BodySizeLimit, ClientGoneMiddleware, EnvelopeCORSMiddleware
 from app.routes import auth, chat, health, logins
 from app.routes.docs import mount_docs
 from app.services.assistant import AssistantProvider, build_assistant
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jwt_secret = jwt_secret
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ClientGoneMiddleware)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         app.add_middleware(

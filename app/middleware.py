@@ -1,5 +1,8 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streaming responses)."""
 
+import logging
+
+import anyio
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -7,6 +10,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response, sentence_for
+
+logger = logging.getLogger("chatgate.http")
 
 
 class BodySizeLimit:
@@ -67,3 +72,39 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
         return error_response(
             response.status_code, "This cross-origin request is not allowed.", reason, headers
         )
+
+
+class ClientGoneMiddleware:
+    """A client that hangs up mid-stream is not a server error.
+
+    FastAPI's SSE writer raises BrokenResourceError (in an ExceptionGroup) when
+    the client has gone while an event was being sent; after the response has
+    started there is nobody to answer, so it is logged quietly, not as a 500.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if not (started and _client_gone(exc)):
+                raise
+            logger.info("client went away during %s %s", scope["method"], scope["path"])
+
+
+def _client_gone(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError)

@@ -121,23 +121,35 @@ async def accept_message(body: MessageCreate, user_id: CurrentUserId, db: DbDep)
 AcceptedMessage = Annotated[MessageRecord, Depends(accept_message)]
 
 
+async def streamed_reply(
+    user_message: AcceptedMessage, user_id: CurrentUserId, db: DbDep, assistant: AssistantDep
+) -> AsyncIterator[conversation.StreamedReply]:
+    """The reply being streamed; its teardown runs once the response is over, however
+    it ended, and stores the partial reply of a client that went away."""
+    reply = conversation.StreamedReply(db, assistant, user_id=user_id, user_message=user_message)
+    try:
+        yield reply
+    finally:
+        await reply.finish()
+
+
+ReplyStream = Annotated[conversation.StreamedReply, Depends(streamed_reply, scope="request")]
+
+
 @router.post(
     "/send",
     response_class=EventSourceResponse,
     responses=error_responses(404),
     openapi_extra={"description": SEND_DESCRIPTION},
 )
-async def stream_message(
-    user_message: AcceptedMessage, user_id: CurrentUserId, db: DbDep, assistant: AssistantDep
-) -> AsyncIterator[ServerSentEvent]:
+async def stream_message(reply: ReplyStream) -> AsyncIterator[ServerSentEvent]:
     """Add a message and stream the reply as Server-Sent Events (delta, then done or error)."""
-    reply = conversation.StreamedReply(db, assistant, user_id=user_id, user_message=user_message)
     try:
         async with aclosing(reply.deltas()) as deltas:
             async for delta in deltas:
                 yield ServerSentEvent(event="delta", data={"content": delta})
     except ProviderError as exc:
-        logger.warning("assistant failed for session %s: %s", user_message.session_id, exc)
+        logger.warning("assistant failed for session %s: %s", reply.user_message.session_id, exc)
         yield ServerSentEvent(event="error", data={"error": AssistantUnavailable.message})
         return
     except SessionNotFound:
@@ -147,7 +159,7 @@ async def stream_message(
     yield ServerSentEvent(
         event="done",
         data={
-            "user_message": ChatMessage.model_validate(user_message).model_dump(mode="json"),
+            "user_message": ChatMessage.model_validate(reply.user_message).model_dump(mode="json"),
             "assistant_message": ChatMessage.model_validate(reply.message).model_dump(mode="json"),
         },
     )

@@ -4,7 +4,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -32,7 +32,7 @@ class AssistantProvider(Protocol):
     context_messages: int
     context_chars: int
 
-    def stream_reply(self, conversation: Sequence[Turn]) -> AsyncIterator[str]:
+    def stream_reply(self, conversation: Sequence[Turn]) -> AsyncGenerator[str]:
         """Yields the reply to the last turn, piece by piece; raises ProviderError."""
         ...
 
@@ -45,7 +45,7 @@ class EchoAssistant:
     context_messages = 1
     context_chars = 0
 
-    async def stream_reply(self, conversation: Sequence[Turn]) -> AsyncIterator[str]:
+    async def stream_reply(self, conversation: Sequence[Turn]) -> AsyncGenerator[str]:
         text = conversation[-1].content if conversation else ""
         for piece in re.findall(r"\s*\S+\s*|\s+", f"Echo: {text}"):
             await asyncio.sleep(0)  # a real provider yields between deltas; so do we
@@ -79,7 +79,7 @@ class OpenAICompatibleAssistant:
             ),
         )
 
-    async def stream_reply(self, conversation: Sequence[Turn]) -> AsyncIterator[str]:
+    async def stream_reply(self, conversation: Sequence[Turn]) -> AsyncGenerator[str]:
         body = {
             "model": self._model,
             "stream": True,

@@ -5,8 +5,10 @@ committed first (it is never lost, even if the assistant fails), the reply in
 a second transaction.
 """
 
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import anyio
 
@@ -84,7 +86,13 @@ async def exchange(
 
 
 class StreamedReply:
-    """The reply to one stored user message, as it arrives; `message` once it is stored."""
+    """The reply to one stored user message, as it arrives.
+
+    `deltas()` streams it and stores it when the provider finishes. Whatever
+    ends the response (a disconnect, a cancelled task, a generator nobody
+    closes), `finish()` runs afterwards: it stops the generation and stores the
+    part already generated, so history shows what the user saw.
+    """
 
     def __init__(
         self,
@@ -99,34 +107,45 @@ class StreamedReply:
         self._user_id = user_id
         self.user_message = user_message
         self.message: MessageRecord | None = None
+        self._pieces: list[str] = []
+        self._failed = False
+        self._generator: AsyncGenerator[str] | None = None
 
-    async def deltas(self) -> AsyncGenerator[str]:
-        """Yields the reply's pieces; stores the reply when the stream ends.
+    def deltas(self) -> AsyncGenerator[str]:
+        """The reply's pieces; raises ProviderError (storing nothing) if the provider fails."""
+        self._generator = self._generate()
+        return self._generator
 
-        If the client goes away (cancellation, or the generator being closed),
-        generation stops and what was generated so far is stored. A provider
-        failure raises ProviderError and stores nothing.
-        """
-        pieces: list[str] = []
-        try:
-            context = await context_for(self._db, self._assistant, self.user_message)
-            async for delta in self._assistant.stream_reply(context):
-                pieces.append(delta)
-                yield delta
-        except ProviderError:
-            raise
-        except BaseException:
-            if pieces:
-                await self._store(pieces)
-            raise
-        await self._store(pieces)
+    async def _generate(self) -> AsyncGenerator[str]:
+        context = await context_for(self._db, self._assistant, self.user_message)
+        async with aclosing(self._assistant.stream_reply(context)) as stream:
+            try:
+                async for delta in stream:
+                    self._pieces.append(delta)
+                    yield delta
+            except ProviderError:
+                self._failed = True
+                raise
+        await self._store()
 
-    async def _store(self, pieces: list[str]) -> None:
+    async def finish(self) -> None:
+        """Stops generating and stores the partial reply, unless the stream already ended."""
+        with anyio.CancelScope(shield=True):
+            if self._generator is not None:
+                # A generator still suspended mid-reply is closed here; one that is
+                # somehow still running is left to its own cancellation.
+                with contextlib.suppress(RuntimeError):
+                    await self._generator.aclose()
+            if self.message is None and self._pieces and not self._failed:
+                with contextlib.suppress(SessionNotFound):
+                    await self._store()
+
+    async def _store(self) -> None:
         # Shielded: after a disconnect this runs inside a cancelled scope.
         with anyio.CancelScope(shield=True):
             self.message = await store_reply(
                 self._db,
                 user_id=self._user_id,
                 session_id=self.user_message.session_id,
-                text="".join(pieces),
+                text="".join(self._pieces),
             )

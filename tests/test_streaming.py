@@ -454,6 +454,7 @@ class TestProviderFailure:
         assert_error(response, 502, UNAVAILABLE)
         sessions = (await client.get("/chat/sessions", headers=alice.headers)).json()["sessions"]
         assert len(sessions) == 1
+        assert response.json()["detail"] == {"session_id": sessions[0]["id"]}
         assert contents(await history(client, alice, sessions[0]["id"])) == [
             ("user", "first words")
         ]

@@ -86,9 +86,13 @@ async def create_session(
         )
     messages: list[ChatMessage] = []
     if body.initial_message is not None:
-        pair = await conversation.exchange(
-            db, assistant, session_id=session.id, user_id=user_id, text=body.initial_message
-        )
+        try:
+            pair = await conversation.exchange(
+                db, assistant, session_id=session.id, user_id=user_id, text=body.initial_message
+            )
+        except AssistantUnavailable as exc:
+            # The session and the message are stored: say where, so the client can retry.
+            raise AssistantUnavailable(detail={"session_id": session.id}) from exc
         messages = [ChatMessage.model_validate(m) for m in pair]
         async with db.read() as conn:
             session = await repository.get_owned_session(conn, session.id, user_id) or session

@@ -6,6 +6,8 @@ is still the stored one, so a password changed or an account deleted in the
 meantime is never undone or ignored.
 """
 
+import aiosqlite
+
 from app import repository
 from app.auth import PasswordHasher, TokenPair, TokenService
 from app.db import Database
@@ -69,8 +71,7 @@ async def change_password(
     verified = await _confirmed(db, hasher, user_id, current)
     new_hash = await hasher.hash(new)
     async with db.transaction() as conn:
-        if await repository.get_password_hash(conn, user_id) != verified:
-            raise Forbidden(WRONG_PASSWORD)
+        await _still(conn, user_id, verified)
         await repository.update_password_hash(conn, user_id, new_hash)
         await repository.revoke_other_families(conn, user_id, keep_family_id)
 
@@ -80,6 +81,14 @@ async def delete_account(
 ) -> None:
     verified = await _confirmed(db, hasher, user_id, password)
     async with db.transaction() as conn:
-        if await repository.get_password_hash(conn, user_id) != verified:
-            raise Forbidden(WRONG_PASSWORD)
+        await _still(conn, user_id, verified)
         await repository.delete_user(conn, user_id)
+
+
+async def _still(conn: aiosqlite.Connection, user_id: str, verified: str) -> None:
+    """Inside the transaction: the password checked is still the account's."""
+    stored = await repository.get_password_hash(conn, user_id)
+    if stored is None:
+        raise Unauthorized("user_not_found")  # deleted meanwhile
+    if stored != verified:
+        raise Forbidden(WRONG_PASSWORD)  # changed meanwhile: check it again

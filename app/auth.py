@@ -152,26 +152,23 @@ class TokenService:
         """The claims of one of our refresh tokens (external ones refresh at their issuer)."""
         claims = _verified_claims(token, self._secret)
         sub, _, _, family = self._own_claims(claims, REFRESH, self._refresh_ttl)
-        if family is None:
-            raise Unauthorized("invalid_token")
         return RefreshClaims(user_id=sub, family_id=family)
 
     def _own_claims(
         self, claims: dict[str, Any], kind: str, max_lifetime: int
-    ) -> tuple[str, str, int, str | None]:
+    ) -> tuple[str, str, int, str]:
         if claims.get("type") != kind:
             raise Unauthorized("wrong_token_type")
         if claims.get("iss") != self._issuer:
             raise Unauthorized("invalid_token")
         sub, jti, family = claims.get("sub"), claims.get("jti"), claims.get("fam")
-        if not (_short_text(sub) and _short_text(jti)):
-            raise Unauthorized("invalid_token")
-        if family is not None and not _short_text(family):
+        # Every token we issue belongs to a login (`fam`), so ending the login ends it.
+        if not (_short_text(sub) and _short_text(jti) and _short_text(family)):
             raise Unauthorized("invalid_token")
         exp, iat = _checked_times(claims, require_iat=True)
         if iat is None or exp - iat > max_lifetime + CLOCK_SKEW_SECONDS:
             raise Unauthorized("token_lifetime_too_long")
-        return str(sub), str(jti), exp, family
+        return str(sub), str(jti), exp, str(family)
 
 
 def _short_text(value: object) -> bool:

@@ -59,11 +59,17 @@ def hand_made(
     return f"{signing_input}.{b64url(signature)}"
 
 
-def claims_for(user_id: str, settings: Settings, **changes: Any) -> dict[str, Any]:
-    """Valid access-token claims; a change to MISSING drops that claim."""
+def claims_for(user: User | str, settings: Settings, **changes: Any) -> dict[str, Any]:
+    """Valid access-token claims of a user's login (or of a user id with a made-up login);
+    a change to MISSING drops that claim."""
     now = int(time.time())
+    if isinstance(user, str):
+        sub, family = user, str(uuid.uuid4())
+    else:
+        sub, family = user.id, jwt.get_unverified_claims(user.access_token)["fam"]
     claims: dict[str, Any] = {
-        "sub": user_id,
+        "sub": sub,
+        "fam": family,
         "iat": now,
         "exp": now + settings.access_token_expire_minutes * 60,
         "jti": uuid.uuid4().hex,
@@ -112,14 +118,14 @@ class TestValidTokens:
     async def test_jose_built_token_is_accepted(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str
     ) -> None:
-        token = signed(claims_for(alice.id, settings))
+        token = signed(claims_for(alice, settings))
 
         assert (await call_with_token(client, route, token)).status_code == 200
 
     async def test_hand_made_token_is_accepted(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str
     ) -> None:
-        token = hand_made({"alg": "HS256", "typ": "JWT"}, claims_for(alice.id, settings))
+        token = hand_made({"alg": "HS256", "typ": "JWT"}, claims_for(alice, settings))
 
         assert (await call_with_token(client, route, token)).status_code == 200
 
@@ -218,9 +224,7 @@ class TestTampering:
     async def test_alg_none_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str, alg: str
     ) -> None:
-        unsigned = (
-            f"{segment({'alg': alg, 'typ': 'JWT'})}.{segment(claims_for(alice.id, settings))}"
-        )
+        unsigned = f"{segment({'alg': alg, 'typ': 'JWT'})}.{segment(claims_for(alice, settings))}"
 
         for token in (unsigned + ".", unsigned, unsigned + ".c2lnbmF0dXJl"):
             assert_rejected(await call_with_token(client, route, token), token)
@@ -233,14 +237,14 @@ class TestTampering:
     async def test_wrong_key_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str, key: str
     ) -> None:
-        token = signed(claims_for(alice.id, settings), key=key)
+        token = signed(claims_for(alice, settings), key=key)
 
         assert_rejected(await call_with_token(client, route, token), token)
 
     async def test_empty_key_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str
     ) -> None:
-        token = hand_made({"alg": "HS256", "typ": "JWT"}, claims_for(alice.id, settings), key=b"")
+        token = hand_made({"alg": "HS256", "typ": "JWT"}, claims_for(alice, settings), key=b"")
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -248,7 +252,7 @@ class TestTampering:
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str
     ) -> None:
         header = {"alg": "HS256", "typ": "JWT", "crit": ["exp-policy"], "exp-policy": 1}
-        token = hand_made(header, claims_for(alice.id, settings))
+        token = hand_made(header, claims_for(alice, settings))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -261,7 +265,7 @@ class TestTampering:
         route: str,
         algorithm: str,
     ) -> None:
-        token = signed(claims_for(alice.id, settings), algorithm=algorithm)
+        token = signed(claims_for(alice, settings), algorithm=algorithm)
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -274,14 +278,14 @@ class TestTampering:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode()
-        token = jwt.encode(claims_for(alice.id, settings), pem, algorithm="RS256")
+        token = jwt.encode(claims_for(alice, settings), pem, algorithm="RS256")
 
         assert_rejected(await call_with_token(client, route, token), token)
 
     async def test_rs256_header_signed_with_the_hmac_key_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str
     ) -> None:
-        token = hand_made({"alg": "RS256", "typ": "JWT"}, claims_for(alice.id, settings))
+        token = hand_made({"alg": "RS256", "typ": "JWT"}, claims_for(alice, settings))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -347,7 +351,7 @@ class TestTampering:
         route: str,
         header: Any,
     ) -> None:
-        token = hand_made(header, claims_for(alice.id, settings))
+        token = hand_made(header, claims_for(alice, settings))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -358,7 +362,7 @@ class TestExpiry:
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str, ago: int
     ) -> None:
         exp = int(time.time()) - ago
-        token = signed(claims_for(alice.id, settings, iat=exp - 60, exp=exp))
+        token = signed(claims_for(alice, settings, iat=exp - 60, exp=exp))
 
         assert_rejected(await call_with_token(client, route, token), token, "token_expired")
 
@@ -372,7 +376,7 @@ class TestExpiry:
         ahead: int,
     ) -> None:
         iat = int(time.time()) + ahead
-        token = signed(claims_for(alice.id, settings, iat=iat, exp=iat + 60))
+        token = signed(claims_for(alice, settings, iat=iat, exp=iat + 60))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -389,17 +393,17 @@ class TestExpiry:
     ) -> None:
         now = int(time.time())
         lifetime = settings.access_token_expire_minutes * 60 + extra_seconds
-        token = signed(claims_for(alice.id, settings, iat=now - 10, exp=now - 10 + lifetime))
+        token = signed(claims_for(alice, settings, iat=now - 10, exp=now - 10 + lifetime))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
 
 class TestClaims:
-    @pytest.mark.parametrize("claim", ["sub", "exp", "iat", "jti", "iss", "type"])
+    @pytest.mark.parametrize("claim", ["sub", "exp", "iat", "jti", "iss", "type", "fam"])
     async def test_missing_required_claim_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str, claim: str
     ) -> None:
-        token = signed(claims_for(alice.id, settings, **{claim: MISSING}))
+        token = signed(claims_for(alice, settings, **{claim: MISSING}))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -409,7 +413,7 @@ class TestClaims:
     async def test_wrong_issuer_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str, issuer: Any
     ) -> None:
-        token = signed(claims_for(alice.id, settings, iss=issuer))
+        token = signed(claims_for(alice, settings, iss=issuer))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -431,7 +435,7 @@ class TestClaims:
         route: str,
         token_type: Any,
     ) -> None:
-        token = signed(claims_for(alice.id, settings, type=token_type))
+        token = signed(claims_for(alice, settings, type=token_type))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -460,7 +464,7 @@ class TestClaims:
         claim: str,
         make_value: Callable[[int], Any],
     ) -> None:
-        valid = claims_for(alice.id, settings)
+        valid = claims_for(alice, settings)
         token = signed({**valid, claim: make_value(valid[claim])})
 
         assert_rejected(await call_with_token(client, route, token), token)
@@ -476,7 +480,7 @@ class TestClaims:
         claim: str,
         literal: str,
     ) -> None:
-        valid = claims_for(alice.id, settings)
+        valid = claims_for(alice, settings)
         placeholder = "__TIME__"
         raw = json.dumps({**valid, claim: placeholder}).replace(f'"{placeholder}"', literal)
         token = hand_made({"alg": "HS256", "typ": "JWT"}, raw.encode())
@@ -491,14 +495,14 @@ class TestClaims:
     async def test_subject_that_is_not_a_user_id_string_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str, sub: Any
     ) -> None:
-        token = signed(claims_for(alice.id, settings, sub=sub))
+        token = signed(claims_for(alice, settings, sub=sub))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
     async def test_numeric_form_of_a_real_user_id_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str
     ) -> None:
-        token = signed(claims_for(alice.id, settings, sub=uuid.UUID(alice.id).int))
+        token = signed(claims_for(alice, settings, sub=uuid.UUID(alice.id).int))
 
         assert_rejected(await call_with_token(client, route, token), token)
 
@@ -506,7 +510,7 @@ class TestClaims:
     async def test_bad_token_id_is_rejected(
         self, client: httpx.AsyncClient, alice: User, settings: Settings, route: str, jti: Any
     ) -> None:
-        token = signed(claims_for(alice.id, settings, jti=jti))
+        token = signed(claims_for(alice, settings, jti=jti))
 
         assert_rejected(await call_with_token(client, route, token), token)
 

@@ -8,7 +8,6 @@ from fastapi.security import OAuth2PasswordBearer
 
 from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
-from app.config import Settings
 from app.db import Database
 from app.errors import SessionNotFound, Unauthorized, UnsupportedMediaType
 from app.repository import SessionRecord
@@ -20,7 +19,6 @@ from app.services.logins import USER_AGENT_MAX_CHARS, ClientInfo
 class Services:
     """What the lifespan builds once and every request shares."""
 
-    settings: Settings
     db: Database
     hasher: PasswordHasher
     tokens: TokenService
@@ -33,10 +31,6 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def get_settings(services: ServicesDep) -> Settings:
-    return services.settings
 
 
 async def get_db(services: ServicesDep) -> Database:
@@ -55,7 +49,6 @@ async def get_assistant(services: ServicesDep) -> AssistantProvider:
     return services.assistant
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 DbDep = Annotated[Database, Depends(get_db)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 TokensDep = Annotated[TokenService, Depends(get_tokens)]

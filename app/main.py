@@ -17,7 +17,7 @@ from app.keys import resolve_jwt_secret
 from app.middleware import BodySizeLimit, ClientGoneMiddleware, EnvelopeCORSMiddleware
 from app.routes import auth, chat, health, logins
 from app.routes.docs import mount_docs
-from app.services.assistant import AssistantProvider, build_assistant
+from app.services.assistant import build_assistant
 
 logger = logging.getLogger("chatgate")
 
@@ -47,30 +47,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources.push_async_callback(assistant.aclose)
         hasher = PasswordHasher(settings.bcrypt_rounds, settings.hash_concurrency)
         await hasher.prepare()
-        app.state.services = _services(app, settings, db, hasher, assistant)
+        app.state.services = Services(
+            db=db,
+            hasher=hasher,
+            tokens=_token_service(settings, app.state.jwt_secret),
+            assistant=assistant,
+        )
         logger.info("chatgate ready; database %s", settings.database_path)
         yield
 
 
-def _services(
-    app: FastAPI,
-    settings: Settings,
-    db: Database,
-    hasher: PasswordHasher,
-    assistant: AssistantProvider,
-) -> Services:
-    return Services(
-        settings=settings,
-        db=db,
-        hasher=hasher,
-        tokens=TokenService(
-            app.state.jwt_secret,
-            settings.jwt_issuer,
-            settings.access_token_expire_minutes * 60,
-            settings.refresh_token_expire_days * 86400,
-            external=_external_issuer(settings),
-        ),
-        assistant=assistant,
+def _token_service(settings: Settings, secret: str) -> TokenService:
+    return TokenService(
+        secret,
+        settings.jwt_issuer,
+        settings.access_token_expire_minutes * 60,
+        settings.refresh_token_expire_days * 86400,
+        external=_external_issuer(settings),
     )
 
 

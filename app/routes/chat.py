@@ -3,6 +3,7 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
@@ -94,8 +95,8 @@ async def create_session(
             # The session and the message are stored: say where, so the client can retry.
             raise AssistantUnavailable(detail={"session_id": session.id}) from exc
         messages = [ChatMessage.model_validate(m) for m in pair]
-        async with db.read() as conn:
-            session = await repository.get_owned_session(conn, session.id, user_id) or session
+        # The reply's position and time are the session's new count and activity.
+        session = replace(session, message_count=pair[1].seq, updated_at=pair[1].created_at)
     return SessionCreatedResponse(session=ChatSession.model_validate(session), messages=messages)
 
 

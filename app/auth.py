@@ -1,10 +1,13 @@
 """Password hashing (always off the event loop) and access/refresh token issue and checks."""
 
+import functools
 import json
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -19,6 +22,10 @@ EXTERNAL_SOURCE = "django"
 REFRESH = "refresh"
 MAX_TOKEN_CHARS = 4096
 CLOCK_SKEW_SECONDS = 30
+# Signature checks remembered, by token: a client sends the same access token with
+# every request until it expires, and checking HS256 through python-jose costs more
+# than the rest of a request's auth together. The clock checks still run each time.
+VERIFIED_TOKENS_CACHED = 4096
 
 
 class PasswordHasher:
@@ -116,6 +123,9 @@ class TokenService:
         self._access_ttl = access_ttl_seconds
         self._refresh_ttl = refresh_ttl_seconds
         self._external = external
+        self._signed_payload = functools.lru_cache(maxsize=VERIFIED_TOKENS_CACHED)(
+            self._check_signature
+        )
 
     def issue_pair(self, user_id: str, family_id: str) -> TokenPair:
         now = int(time.time())
@@ -140,13 +150,24 @@ class TokenService:
 
     def verify_access(self, token: str) -> AccessClaims:
         """The claims of a valid access token (ours or the external issuer's)."""
-        # The shape picks the one key that may have signed it, so each key vouches
-        # only for its own kind of token.
-        if self._external is not None and _simplejwt_shaped(token):
-            return _external_claims(_verified_claims(token, self._external.secret), self._external)
-        claims = _verified_claims(token, self._secret)
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Unauthorized("invalid_token")
+        external, claims = self._signed_payload(token)
+        if external:
+            assert self._external is not None  # noqa: S101 - only set when configured
+            return _external_claims(claims, self._external)
         sub, jti, exp, family = self._own_claims(claims, ACCESS, self._access_ttl)
         return AccessClaims(user_id=sub, jti=jti, expires_at=exp, family_id=family)
+
+    def _check_signature(self, token: str) -> tuple[bool, Mapping[str, Any]]:
+        """(from the external issuer?, payload) of a token one of our keys signed.
+
+        The shape picks the one key that may have signed it, so each key vouches
+        only for its own kind of token. Failures raise, so they are never cached.
+        """
+        if self._external is not None and _simplejwt_shaped(token):
+            return True, MappingProxyType(_verified_claims(token, self._external.secret))
+        return False, MappingProxyType(_verified_claims(token, self._secret))
 
     def verify_refresh(self, token: str) -> RefreshClaims:
         """The claims of one of our refresh tokens (external ones refresh at their issuer)."""
@@ -155,7 +176,7 @@ class TokenService:
         return RefreshClaims(user_id=sub, family_id=family)
 
     def _own_claims(
-        self, claims: dict[str, Any], kind: str, max_lifetime: int
+        self, claims: Mapping[str, Any], kind: str, max_lifetime: int
     ) -> tuple[str, str, int, str]:
         if claims.get("type") != kind:
             raise Unauthorized("wrong_token_type")
@@ -209,7 +230,7 @@ def _verified_claims(token: str, key: str) -> dict[str, Any]:
     return claims
 
 
-def _checked_times(claims: dict[str, Any], *, require_iat: bool) -> tuple[int, int | None]:
+def _checked_times(claims: Mapping[str, Any], *, require_iat: bool) -> tuple[int, int | None]:
     """(`exp`, `iat`): whole seconds, checked with `nbf` against the clock."""
     exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
     if type(exp) is not int or (require_iat and iat is None):
@@ -226,7 +247,7 @@ def _checked_times(claims: dict[str, Any], *, require_iat: bool) -> tuple[int, i
     return exp, iat
 
 
-def _external_claims(claims: dict[str, Any], issuer: ExternalIssuer) -> AccessClaims:
+def _external_claims(claims: Mapping[str, Any], issuer: ExternalIssuer) -> AccessClaims:
     """A simplejwt access token: HS256, `token_type` access, `exp` and `jti`, a user claim."""
     if claims.get("token_type") != ACCESS:
         raise Unauthorized("wrong_token_type")

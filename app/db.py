@@ -2,18 +2,23 @@
 
 One writer connection, guarded by a lock, carries every transaction: an `await`
 between two statements cannot let another request's statements into it.
-Reads go to a small pool of read-only connections (WAL lets them run beside
-the writer) and each read borrows one connection exclusively.
+The chat routes' writes are jobs run in batches on the writer's thread, one
+transaction and one fsync per batch (group commit), so durable writes
+(synchronous = FULL) do not cost an fsync per request.
+Reads go to a small pool of read-only connections, which WAL lets run beside
+the writer.
 """
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 import anyio
@@ -100,38 +105,54 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+T = TypeVar("T")
+WriteJob = Callable[[sqlite3.Connection], T]
+MAX_BATCH = 256
+
+
 class Database:
     def __init__(self, path: Path, read_connections: int = 2) -> None:
         self.path = path
         self._read_size = read_connections
         self._writer: aiosqlite.Connection | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader = 0
         self._write_lock = asyncio.Lock()
-        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
-        self._all_readers: list[aiosqlite.Connection] = []
+        self._jobs: list[_Job[Any]] = []
+        self._jobs_waiting = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await asyncio.to_thread(_create_private, self.path)
         try:
             self._writer = await self._connect(str(self.path), uri=False)
             await self._writer.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a process crash loses nothing committed; a power cut
-            # may lose the last transactions but never corrupts the file.
-            await self._writer.execute("PRAGMA synchronous = NORMAL")
+            # FULL: a commit is on disk before anyone is told it happened, so an
+            # acknowledged write survives a power cut too. Group commit pays for it.
+            await self._writer.execute("PRAGMA synchronous = FULL")
             await self._migrate()
+            self._committer = asyncio.create_task(self._commit_jobs(), name="chatgate-writes")
             for _ in range(self._read_size):
-                reader = await self._connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-                self._all_readers.append(reader)
-                self._readers.put_nowait(reader)
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._readers.append(await self._connect(uri, uri=True))
         except BaseException:
             # aiosqlite's threads are not daemons: an unclosed connection hangs the exit.
             await self.close()
             raise
 
     async def close(self) -> None:
-        for reader in self._all_readers:
+        for reader in self._readers:
             await reader.close()
-        self._all_readers.clear()
-        self._readers = asyncio.Queue()
+        self._readers.clear()
+        if self._committer is not None:
+            async with self._write_lock:  # lets the batch in progress finish
+                self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+        for job in self._jobs:
+            job.fail(RuntimeError("database is closed"))
+        self._jobs.clear()
         if self._writer is not None:
             async with self._write_lock:
                 await self._writer.close()
@@ -144,9 +165,76 @@ class Database:
         await conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
+    def reader(self) -> aiosqlite.Connection:
+        """A read-only connection. Each runs its statements one at a time in its own
+        thread, so callers share them; fetch with `execute_fetchall` (one round trip)."""
+        if not self._readers:
+            raise RuntimeError("database is not open")
+        self._next_reader = (self._next_reader + 1) % len(self._readers)
+        return self._readers[self._next_reader]
+
+    async def write(self, job: WriteJob[T]) -> T:
+        """Runs `job` on the writer's thread, all or nothing; returns once it is on disk.
+
+        The chat routes' writes go this way. Jobs that arrive while a batch is
+        being written wait for the next one, and a batch is one transaction: one
+        thread hop and one fsync for every request in it (group commit). Each job
+        runs in its own savepoint, so one that raises changes nothing and leaves
+        the others alone; its exception is re-raised here.
+        """
+        if self._committer is None:
+            raise RuntimeError("database is not open")
+        job_ = _Job(job, asyncio.get_running_loop().create_future())
+        self._jobs.append(job_)
+        self._jobs_waiting.set()
+        # Shielded: a caller that gives up does not take its write out of the batch.
+        return await asyncio.shield(job_.done)
+
+    async def _commit_jobs(self) -> None:
+        while True:
+            await self._jobs_waiting.wait()
+            self._jobs_waiting.clear()
+            while self._jobs:
+                batch, self._jobs = self._jobs[:MAX_BATCH], self._jobs[MAX_BATCH:]
+                try:
+                    async with self._write_lock:
+                        outcomes = await self._on_writer_thread(
+                            functools.partial(_run_batch, [job.run for job in batch])
+                        )
+                except BaseException as exc:
+                    for job in batch:
+                        job.fail(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    logger.error("a batch of writes failed: %s", type(exc).__name__)
+                    continue
+                for job, (ok, value) in zip(batch, outcomes, strict=True):
+                    if ok:
+                        job.succeed(value)
+                    else:
+                        job.fail(value)
+
+    async def _on_writer_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Calls `fn` with the writer's sqlite3 connection, on the writer's own thread.
+
+        aiosqlite runs every call of a connection on that connection's thread;
+        `_execute` is how it does so. It is private, and this is the one place
+        chatgate uses it: a whole batch then costs one hop instead of several per
+        job. tests/test_service.py exercises it, so an aiosqlite that changes it
+        fails `make test`, not production.
+        """
+        writer = self._writer
+        if writer is None:
+            raise RuntimeError("database is not open")
+        raw: sqlite3.Connection = writer._conn
+        result: T = await writer._execute(fn, raw)  # type: ignore[no-untyped-call]
+        return result
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """An IMMEDIATE transaction on the writer; commits on success, rolls back on error."""
+        """An IMMEDIATE transaction on the writer for a multi-step change with awaits
+        between its statements (logins, passwords, accounts); commits on success,
+        rolls back on error. Batched jobs wait until it is over."""
         if self._writer is None:
             raise RuntimeError("database is not open")
         writer = self._writer
@@ -170,21 +258,9 @@ class Database:
             with contextlib.suppress(sqlite3.OperationalError):
                 await conn.execute("ROLLBACK")
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A read-only connection, borrowed for the block."""
-        if not self._all_readers:
-            raise RuntimeError("database is not open")
-        conn = await self._readers.get()
-        try:
-            yield conn
-        finally:
-            self._readers.put_nowait(conn)
-
     async def schema_version(self) -> int:
-        async with self.read() as conn, conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self.reader().execute_fetchall("PRAGMA user_version")
+        return int(next(iter(rows))[0])
 
     async def _migrate(self) -> None:
         """Applies the missing migrations, each in its own transaction.
@@ -194,9 +270,8 @@ class Database:
         """
         while True:
             async with self.transaction() as conn:
-                async with conn.execute("PRAGMA user_version") as cur:
-                    row = await cur.fetchone()
-                current = int(row[0]) if row else 0
+                rows = await conn.execute_fetchall("PRAGMA user_version")
+                current = int(next(iter(rows))[0])
                 if current > SCHEMA_VERSION:
                     raise RuntimeError(
                         f"the database {self.path} has schema version {current}, newer than "
@@ -209,6 +284,45 @@ class Database:
                 # PRAGMA takes no parameters; the version is an int we computed.
                 await conn.execute(f"PRAGMA user_version = {current + 1}")
             logger.info("database %s migrated to schema version %d", self.path, current + 1)
+
+
+class _Job(Generic[T]):
+    __slots__ = ("done", "run")
+
+    def __init__(self, run: WriteJob[T], done: "asyncio.Future[T]") -> None:
+        self.run = run
+        self.done = done
+
+    def succeed(self, value: T) -> None:
+        if not self.done.done():
+            self.done.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+def _run_batch(jobs: list[WriteJob[Any]], conn: sqlite3.Connection) -> list[tuple[bool, Any]]:
+    """On the writer's thread: one transaction, a savepoint per job, one COMMIT."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for job in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                outcomes.append((True, job(conn)))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise  # the error ended the whole transaction (I/O, disk full)
+                conn.execute("ROLLBACK TO job")
+                outcomes.append((False, exc))
+            conn.execute("RELEASE job")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
 
 
 def _create_private(path: Path) -> None:

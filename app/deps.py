@@ -10,7 +10,7 @@ from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
 from app.db import Database
 from app.errors import SessionNotFound, Unauthorized, UnsupportedMediaType
-from app.repository import SessionRecord
+from app.repository import Account, SessionRecord
 from app.services.assistant import AssistantProvider
 from app.services.logins import USER_AGENT_MAX_CHARS, ClientInfo
 
@@ -25,28 +25,27 @@ class Services:
     assistant: AssistantProvider
 
 
-async def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+# Each dependency reads what it needs straight from the request: FastAPI resolves
+# every node of a dependency tree on every request, and a deeper tree is slower.
+async def get_db(request: Request) -> Database:
+    return services_of(request).db
 
 
-async def get_db(services: ServicesDep) -> Database:
-    return services.db
+async def get_hasher(request: Request) -> PasswordHasher:
+    return services_of(request).hasher
 
 
-async def get_hasher(services: ServicesDep) -> PasswordHasher:
-    return services.hasher
+async def get_tokens(request: Request) -> TokenService:
+    return services_of(request).tokens
 
 
-async def get_tokens(services: ServicesDep) -> TokenService:
-    return services.tokens
-
-
-async def get_assistant(services: ServicesDep) -> AssistantProvider:
-    return services.assistant
+async def get_assistant(request: Request) -> AssistantProvider:
+    return services_of(request).assistant
 
 
 DbDep = Annotated[Database, Depends(get_db)]
@@ -54,50 +53,80 @@ HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 TokensDep = Annotated[TokenService, Depends(get_tokens)]
 AssistantDep = Annotated[AssistantProvider, Depends(get_assistant)]
 
-# Declares the bearer scheme with the password flow, so /docs' Authorize logs in.
-# auto_error=False: a missing token gets our 401 envelope, not FastAPI's.
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
-BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: the access token's claims and the account they belong to."""
+
+    claims: AccessClaims
+    account: Account
 
 
-async def get_access_claims(
-    request: Request, token: BearerToken, tokens: TokensDep, db: DbDep
-) -> AccessClaims:
-    """A valid, unrevoked access token whose user still exists."""
-    if not token:
+class BearerUser(OAuth2PasswordBearer):
+    """The bearer-token check, as one dependency that is also the OpenAPI scheme.
+
+    Being an OAuth2PasswordBearer, it declares the password flow, so /docs'
+    Authorize logs in; being one node rather than a tree of them keeps the
+    check cheap on every request. The identity it finds stays on the request.
+    """
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        identity = await authenticate(request)
+        request.state.identity = identity
+        return identity.claims.user_id
+
+
+async def authenticate(request: Request) -> Identity:
+    """A valid, unrevoked access token whose user still exists; 401 otherwise."""
+    headers = request.headers.getlist("authorization")
+    if not headers:
         raise Unauthorized("missing_token")
-    if len(request.headers.getlist("authorization")) > 1:
+    if len(headers) > 1:
         raise Unauthorized("ambiguous_authorization")
-    claims = tokens.verify_access(token)
-    state = await _access_state(db, claims)
-    if not state.user_exists and claims.external:
+    scheme, _, token = headers[0].partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing_token")
+    services = services_of(request)
+    claims = services.tokens.verify_access(token)
+    state = await _access_state(services.db, claims)
+    if state.account is None and claims.external:
         # First request of a user the external issuer vouches for.
-        async with db.transaction() as conn:
+        async with services.db.transaction() as conn:
             await repository.ensure_external_user(conn, claims.user_id, EXTERNAL_SOURCE)
-        state = await _access_state(db, claims)
-    if not state.user_exists:
+        state = await _access_state(services.db, claims)
+    if state.account is None:
         raise Unauthorized("user_not_found")
     if state.token_revoked:
         raise Unauthorized("token_revoked")
-    return claims
+    return Identity(claims=claims, account=state.account)
 
 
 async def _access_state(db: Database, claims: AccessClaims) -> repository.AccessState:
-    async with db.read() as conn:
-        return await repository.access_state(
-            conn, user_id=claims.user_id, jti=claims.jti, family_id=claims.family_id
-        )
+    return await repository.access_state(
+        db.reader(), user_id=claims.user_id, jti=claims.jti, family_id=claims.family_id
+    )
+
+
+# The one dependency that binds every chat operation to the token's user.
+# auto_error=False: a missing token gets our 401 envelope, not FastAPI's.
+get_current_user_id = BearerUser(tokenUrl="/auth/login", auto_error=False)
+
+CurrentUserId = Annotated[str, Depends(get_current_user_id)]
+
+
+async def get_identity(request: Request, _: CurrentUserId) -> Identity:
+    identity: Identity = request.state.identity
+    return identity
+
+
+CurrentIdentity = Annotated[Identity, Depends(get_identity)]
+
+
+async def get_access_claims(identity: CurrentIdentity) -> AccessClaims:
+    return identity.claims
 
 
 CurrentClaims = Annotated[AccessClaims, Depends(get_access_claims)]
-
-
-async def get_current_user_id(claims: CurrentClaims) -> str:
-    """The one dependency that binds every chat operation to the token's user."""
-    return claims.user_id
-
-
-CurrentUserId = Annotated[str, Depends(get_current_user_id)]
 
 
 async def get_client_info(request: Request) -> ClientInfo:
@@ -112,13 +141,13 @@ ClientInfoDep = Annotated[ClientInfo, Depends(get_client_info)]
 
 
 async def get_owned_session(
+    request: Request,
     session_id: Annotated[str, Path(description="The session's id.")],
     user_id: CurrentUserId,
-    db: DbDep,
 ) -> SessionRecord:
     """The session, if the caller owns it; someone else's is indistinguishable from none."""
-    async with db.read() as conn:
-        session = await repository.get_owned_session(conn, session_id, user_id)
+    db = services_of(request).db
+    session = await repository.get_owned_session(db.reader(), session_id, user_id)
     if session is None:
         raise SessionNotFound
     return session

@@ -56,8 +56,7 @@ async def login(client: httpx.AsyncClient, email: str, password: str) -> httpx.R
 
 
 async def password_hash_of(app: FastAPI, email: str) -> str:
-    async with app.state.services.db.read() as conn:
-        user = await repository.get_local_user_by_email(conn, email)
+    user = await repository.get_local_user_by_email(app.state.services.db.reader(), email)
     assert user is not None
     return user.password_hash
 

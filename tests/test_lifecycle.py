@@ -199,8 +199,8 @@ async def register_and_log_in(client: httpx.AsyncClient, email: str) -> User:
 
 
 async def rows(app: FastAPI, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    async with app.state.services.db.read() as conn, conn.execute(sql, params) as cur:
-        return [tuple(row) for row in await cur.fetchall()]
+    rows = await app.state.services.db.reader().execute_fetchall(sql, params)
+    return [tuple(row) for row in rows]
 
 
 async def every_stored_value(app: FastAPI) -> list[tuple[str, Any]]:

@@ -221,11 +221,9 @@ class TestDatabase:
         await db.open()
         try:
             assert await db.schema_version() == SCHEMA_VERSION
-            async with db.read() as conn:
-                async with conn.execute("PRAGMA journal_mode") as cur:
-                    assert (await cur.fetchone()) == ("wal",)
-                async with conn.execute("PRAGMA foreign_keys") as cur:
-                    assert (await cur.fetchone()) == (1,)
+            conn = db.reader()
+            assert list(await conn.execute_fetchall("PRAGMA journal_mode")) == [("wal",)]
+            assert list(await conn.execute_fetchall("PRAGMA foreign_keys")) == [(1,)]
         finally:
             await db.close()
 
@@ -272,15 +270,12 @@ class TestDatabase:
         )
         session_id = created.json()["session"]["id"]
         await client.delete(f"/chat/session/{session_id}", headers=headers)
-        async with (
-            app.state.services.db.read() as conn,
-            conn.execute(
-                "SELECT count(*) FROM messages WHERE session_id = ?", (session_id,)
-            ) as cur,
-        ):
-            assert await cur.fetchone() == (0,)
+        rows = await app.state.services.db.reader().execute_fetchall(
+            "SELECT count(*) FROM messages WHERE session_id = ?", (session_id,)
+        )
+        assert list(rows) == [(0,)]
 
     async def test_reads_cannot_write(self, app: FastAPI) -> None:
-        async with app.state.services.db.read() as conn:
-            with pytest.raises(aiosqlite.OperationalError, match="readonly"):
-                await conn.execute("DELETE FROM users")
+        conn = app.state.services.db.reader()
+        with pytest.raises(aiosqlite.OperationalError, match="readonly"):
+            await conn.execute("DELETE FROM users")

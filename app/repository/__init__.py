@@ -6,6 +6,7 @@ Callers pass the connection and own the transaction.
 from app.repository.chats import (
     MessageRecord,
     SessionRecord,
+    add_exchange,
     add_message,
     delete_session,
     get_owned_session,
@@ -33,6 +34,7 @@ from app.repository.tokens import (
     touch_family,
 )
 from app.repository.users import (
+    Account,
     DuplicateEmail,
     UserRecord,
     delete_user,
@@ -47,6 +49,7 @@ from app.repository.users import (
 
 __all__ = [
     "AccessState",
+    "Account",
     "DuplicateEmail",
     "LoginRecord",
     "MessageRecord",
@@ -54,6 +57,7 @@ __all__ = [
     "SessionRecord",
     "UserRecord",
     "access_state",
+    "add_exchange",
     "add_message",
     "add_refresh_token",
     "create_family",

@@ -1,11 +1,16 @@
-"""Chat sessions and their messages."""
+"""Chat sessions and their messages.
 
+Reads take an aiosqlite connection; writes are plain functions of a sqlite3
+connection, run as jobs on the writer's thread (`Database.write`).
+"""
+
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
-from app.repository.common import new_id, utc_now
+from app.repository.common import fetch_all, fetch_one, new_id, utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +27,11 @@ def _session(row: Any) -> SessionRecord:
     return SessionRecord(*row)
 
 
-async def insert_session(conn: aiosqlite.Connection, *, user_id: str, title: str) -> SessionRecord:
+def insert_session(conn: sqlite3.Connection, *, user_id: str, title: str) -> SessionRecord:
+    """A write job (Database.write), like the other writes here."""
     now = utc_now()
     session = SessionRecord(new_id(), user_id, title, now, now, 0)
-    await conn.execute(
+    conn.execute(
         "INSERT INTO chat_sessions (id, user_id, title, created_at, updated_at, message_count)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (session.id, user_id, title, now, now, 0),
@@ -40,8 +46,7 @@ async def get_owned_session(
         "SELECT id, user_id, title, created_at, updated_at, message_count FROM chat_sessions"
         " WHERE id = ? AND user_id = ?"
     )
-    async with conn.execute(sql, (session_id, user_id)) as cur:
-        row = await cur.fetchone()
+    row = await fetch_one(conn, sql, (session_id, user_id))
     return _session(row) if row else None
 
 
@@ -63,30 +68,25 @@ async def list_sessions(
             " ORDER BY updated_at DESC, id DESC LIMIT ?"
         )
         params = (user_id, before[0], before[1], limit)
-    async with conn.execute(sql, params) as cur:
-        return [_session(row) for row in await cur.fetchall()]
+    return [_session(row) for row in await fetch_all(conn, sql, params)]
 
 
-async def rename_session(
-    conn: aiosqlite.Connection, session_id: str, user_id: str, title: str
+def rename_session(
+    conn: sqlite3.Connection, session_id: str, user_id: str, title: str
 ) -> SessionRecord | None:
     sql = (
         "UPDATE chat_sessions SET title = ?, updated_at = ?"
         " WHERE id = ? AND user_id = ?"
         " RETURNING id, user_id, title, created_at, updated_at, message_count"
     )
-    async with conn.execute(sql, (title, utc_now(), session_id, user_id)) as cur:
-        row = await cur.fetchone()
-    return _session(row) if row else None
+    rows = conn.execute(sql, (title, utc_now(), session_id, user_id)).fetchall()
+    return _session(rows[0]) if rows else None
 
 
-async def delete_session(conn: aiosqlite.Connection, session_id: str, user_id: str) -> bool:
+def delete_session(conn: sqlite3.Connection, session_id: str, user_id: str) -> bool:
     """Deletes the session; its messages go with it (ON DELETE CASCADE)."""
-    async with conn.execute(
-        "DELETE FROM chat_sessions WHERE id = ? AND user_id = ? RETURNING id",
-        (session_id, user_id),
-    ) as cur:
-        return await cur.fetchone() is not None
+    sql = "DELETE FROM chat_sessions WHERE id = ? AND user_id = ? RETURNING id"
+    return bool(conn.execute(sql, (session_id, user_id)).fetchall())
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,26 +103,54 @@ def _message(row: Any) -> MessageRecord:
     return MessageRecord(*row)
 
 
-async def add_message(
-    conn: aiosqlite.Connection, *, session_id: str, user_id: str, role: str, content: str
+def add_message(
+    conn: sqlite3.Connection, *, session_id: str, user_id: str, role: str, content: str
 ) -> MessageRecord | None:
     """Appends a message to a session the user owns; None when it is not theirs (or gone)."""
     now = utc_now()
-    async with conn.execute(
+    rows = conn.execute(
         "UPDATE chat_sessions SET message_count = message_count + 1, updated_at = ?"
         " WHERE id = ? AND user_id = ? RETURNING message_count",
         (now, session_id, user_id),
-    ) as cur:
-        row = await cur.fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         return None
-    message = MessageRecord(new_id(), session_id, int(row[0]), role, content, now)
-    await conn.execute(
+    message = MessageRecord(new_id(), session_id, int(rows[0][0]), role, content, now)
+    conn.execute(
         "INSERT INTO messages (id, session_id, seq, role, content, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (message.id, session_id, message.seq, role, content, now),
     )
     return message
+
+
+def add_exchange(
+    conn: sqlite3.Connection,
+    *,
+    session_id: str,
+    user_id: str,
+    question: str,
+    asked_at: str,
+    answer: str,
+) -> tuple[MessageRecord, MessageRecord] | None:
+    """Appends a question and its answer together; None when the session is not theirs."""
+    now = utc_now()
+    rows = conn.execute(
+        "UPDATE chat_sessions SET message_count = message_count + 2, updated_at = ?"
+        " WHERE id = ? AND user_id = ? RETURNING message_count",
+        (now, session_id, user_id),
+    ).fetchall()
+    if not rows:
+        return None
+    seq = int(rows[0][0])
+    asked = MessageRecord(new_id(), session_id, seq - 1, "user", question, asked_at)
+    answered = MessageRecord(new_id(), session_id, seq, "assistant", answer, now)
+    conn.executemany(
+        "INSERT INTO messages (id, session_id, seq, role, content, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(m.id, m.session_id, m.seq, m.role, m.content, m.created_at) for m in (asked, answered)],
+    )
+    return asked, answered
 
 
 async def list_messages(
@@ -133,18 +161,18 @@ async def list_messages(
         "SELECT id, session_id, seq, role, content, created_at FROM messages"
         " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?"
     )
-    async with conn.execute(sql, (session_id, after_seq, limit)) as cur:
-        return [_message(row) for row in await cur.fetchall()]
+    return [_message(row) for row in await fetch_all(conn, sql, (session_id, after_seq, limit))]
 
 
 async def recent_messages(
-    conn: aiosqlite.Connection, session_id: str, *, limit: int
+    conn: aiosqlite.Connection, session_id: str, *, limit: int, before_seq: int | None = None
 ) -> list[MessageRecord]:
-    """The last `limit` messages of a session, oldest first (the assistant's context)."""
+    """The last `limit` messages of a session (before position `before_seq`, if given),
+    oldest first: the assistant's context."""
     sql = (
         "SELECT id, session_id, seq, role, content, created_at FROM messages"
-        " WHERE session_id = ? ORDER BY seq DESC LIMIT ?"
+        " WHERE session_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
     )
-    async with conn.execute(sql, (session_id, limit)) as cur:
-        rows = await cur.fetchall()
+    upper = before_seq if before_seq is not None else 2**62
+    rows = await fetch_all(conn, sql, (session_id, upper, limit))
     return [_message(row) for row in reversed(list(rows))]

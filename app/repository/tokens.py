@@ -8,7 +8,8 @@ from typing import Any
 
 import aiosqlite
 
-from app.repository.common import utc_now
+from app.repository.common import fetch_all, fetch_one, utc_now
+from app.repository.users import ACCOUNT_COLUMNS, Account
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class RefreshRecord:
 
 @dataclass(frozen=True, slots=True)
 class AccessState:
-    user_exists: bool
+    account: Account | None  # None: the user no longer exists
     token_revoked: bool
 
 
@@ -63,13 +64,13 @@ async def add_refresh_token(
 
 
 async def get_refresh_token(conn: aiosqlite.Connection, token_hash: str) -> RefreshRecord | None:
-    async with conn.execute(
+    row = await fetch_one(
+        conn,
         "SELECT r.family_id, f.user_id, r.used_at, f.revoked_at IS NOT NULL"
         " FROM refresh_tokens r JOIN login_families f ON f.id = r.family_id"
         " WHERE r.token_hash = ?",
         (token_hash,),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     return RefreshRecord(row[0], row[1], row[2], bool(row[3])) if row else None
 
 
@@ -96,12 +97,15 @@ async def touch_family(
 
 async def revoke_family(conn: aiosqlite.Connection, family_id: str, user_id: str) -> bool:
     """Ends one login of this user; False when it is not theirs or already ended."""
-    async with conn.execute(
-        "UPDATE login_families SET revoked_at = ?"
-        " WHERE id = ? AND user_id = ? AND revoked_at IS NULL RETURNING id",
-        (utc_now(), family_id, user_id),
-    ) as cur:
-        return await cur.fetchone() is not None
+    return (
+        await fetch_one(
+            conn,
+            "UPDATE login_families SET revoked_at = ?"
+            " WHERE id = ? AND user_id = ? AND revoked_at IS NULL RETURNING id",
+            (utc_now(), family_id, user_id),
+        )
+        is not None
+    )
 
 
 async def revoke_other_families(
@@ -116,13 +120,16 @@ async def revoke_other_families(
 
 async def list_active_families(conn: aiosqlite.Connection, user_id: str) -> list[LoginRecord]:
     """Logins that can still refresh, oldest first."""
-    async with conn.execute(
-        "SELECT id, created_at, last_used_at, user_agent, ip FROM login_families"
-        " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?"
-        " ORDER BY created_at, id",
-        (user_id, utc_now()),
-    ) as cur:
-        return [LoginRecord(*row) for row in await cur.fetchall()]
+    return [
+        LoginRecord(*row)
+        for row in await fetch_all(
+            conn,
+            "SELECT id, created_at, last_used_at, user_agent, ip FROM login_families"
+            " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?"
+            " ORDER BY created_at, id",
+            (user_id, utc_now()),
+        )
+    ]
 
 
 async def revoke_access_token(conn: aiosqlite.Connection, jti: str, expires_at: int) -> None:
@@ -140,23 +147,24 @@ async def purge_expired(conn: aiosqlite.Connection, before_epoch: int) -> None:
     await conn.execute("DELETE FROM login_families WHERE expires_at < ?", (utc_now(),))
 
 
-_ACCESS_STATE = """
+_ACCESS_STATE = f"""
 SELECT
-    EXISTS (SELECT 1 FROM users WHERE id = :user_id),
+    {ACCOUNT_COLUMNS},
     EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = :jti)
     OR (:family_id IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM login_families
         WHERE id = :family_id AND user_id = :user_id AND revoked_at IS NULL
     ))
-"""
+FROM users WHERE users.id = :user_id
+"""  # noqa: S608 - a constant list of column names, no input
 
 
 async def access_state(
     conn: aiosqlite.Connection, *, user_id: str, jti: str, family_id: str | None
 ) -> AccessState:
-    """Everything a request's token depends on, in one indexed round trip."""
+    """Everything a request's token depends on, and its user, in one indexed round trip."""
     params: dict[str, Any] = {"user_id": user_id, "jti": jti, "family_id": family_id}
-    async with conn.execute(_ACCESS_STATE, params) as cur:
-        row = await cur.fetchone()
-    assert row is not None  # noqa: S101 - a SELECT without FROM always yields one row
-    return AccessState(user_exists=bool(row[0]), token_revoked=bool(row[1]))
+    row = await fetch_one(conn, _ACCESS_STATE, params)
+    if row is None:
+        return AccessState(account=None, token_revoked=False)
+    return AccessState(account=Account(*row[:6]), token_revoked=bool(row[6]))

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiosqlite
 
-from app.repository.common import new_id, utc_now
+from app.repository.common import fetch_one, new_id, utc_now
 
 LOCAL = "local"
 # Stored as the hash of users from another issuer: no password ever verifies against it.
@@ -31,6 +31,26 @@ class UserRecord:
     def is_local(self) -> bool:
         return self.auth_source == LOCAL
 
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What a request knows of its user, read with the token check: no password hash."""
+
+    id: str
+    email: str
+    display_name: str | None
+    role: str
+    created_at: str
+    auth_source: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.auth_source == LOCAL
+
+
+ACCOUNT_COLUMNS = (
+    "users.id, users.email, users.display_name, users.role, users.created_at, users.auth_source"
+)
 
 _SELECT_USER = (
     "SELECT id, email, password_hash, display_name, role, created_at, auth_source FROM users"
@@ -82,20 +102,17 @@ async def ensure_external_user(conn: aiosqlite.Connection, user_id: str, source:
 async def get_local_user_by_email(conn: aiosqlite.Connection, email: str) -> UserRecord | None:
     """Only accounts with a password here can log in with one."""
     sql = _SELECT_USER + " WHERE email = ? AND auth_source = 'local'"
-    async with conn.execute(sql, (email,)) as cur:
-        row = await cur.fetchone()
+    row = await fetch_one(conn, sql, (email,))
     return _user(row) if row else None
 
 
 async def get_user_by_id(conn: aiosqlite.Connection, user_id: str) -> UserRecord | None:
-    async with conn.execute(_SELECT_USER + " WHERE id = ?", (user_id,)) as cur:
-        row = await cur.fetchone()
+    row = await fetch_one(conn, _SELECT_USER + " WHERE id = ?", (user_id,))
     return _user(row) if row else None
 
 
 async def get_password_hash(conn: aiosqlite.Connection, user_id: str) -> str | None:
-    async with conn.execute("SELECT password_hash FROM users WHERE id = ?", (user_id,)) as cur:
-        row = await cur.fetchone()
+    row = await fetch_one(conn, "SELECT password_hash FROM users WHERE id = ?", (user_id,))
     return str(row[0]) if row else None
 
 
@@ -107,10 +124,10 @@ async def update_password_hash(
 
 async def delete_user(conn: aiosqlite.Connection, user_id: str) -> bool:
     """Deletes the user; sessions, messages and logins go with it (ON DELETE CASCADE)."""
-    async with conn.execute("DELETE FROM users WHERE id = ? RETURNING id", (user_id,)) as cur:
-        return await cur.fetchone() is not None
+    return (
+        await fetch_one(conn, "DELETE FROM users WHERE id = ? RETURNING id", (user_id,)) is not None
+    )
 
 
 async def email_taken(conn: aiosqlite.Connection, email: str) -> bool:
-    async with conn.execute("SELECT 1 FROM users WHERE email = ?", (email,)) as cur:
-        return await cur.fetchone() is not None
+    return await fetch_one(conn, "SELECT 1 FROM users WHERE email = ?", (email,)) is not None

@@ -7,14 +7,15 @@ from app.auth import TokenPair
 from app.deps import (
     ClientInfoDep,
     CurrentClaims,
+    CurrentIdentity,
     CurrentUserId,
     DbDep,
     HasherDep,
     JsonBody,
     TokensDep,
 )
-from app.errors import Conflict, Unauthorized
-from app.repository import UserRecord
+from app.errors import Conflict
+from app.repository import Account, UserRecord
 from app.routes.credentials import LOGIN_BODY, read_credentials
 from app.schemas import (
     AccountDelete,
@@ -33,7 +34,7 @@ from app.services import accounts, logins
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-def public(user: UserRecord) -> UserPublic:
+def public(user: Account | UserRecord) -> UserPublic:
     # Users from another issuer have no email here; their `email` column holds their id.
     return UserPublic(
         id=user.id,
@@ -62,8 +63,7 @@ def token_response(pair: TokenPair, response: Response) -> TokenResponse:
 )
 async def register(body: RegisterRequest, db: DbDep, hasher: HasherDep) -> UserResponse:
     """Create an account; emails compare without case or surrounding spaces."""
-    async with db.read() as conn:
-        taken = await repository.email_taken(conn, body.email)
+    taken = await repository.email_taken(db.reader(), body.email)
     if taken:
         raise Conflict("User already exists")
     password_hash = await hasher.hash(body.password)
@@ -112,13 +112,9 @@ async def logout(
 
 
 @router.get("/me", responses=error_responses(401))
-async def read_me(user_id: CurrentUserId, db: DbDep) -> UserResponse:
-    """The account the access token belongs to."""
-    async with db.read() as conn:
-        user = await repository.get_user_by_id(conn, user_id)
-    if user is None:
-        raise Unauthorized("user_not_found")
-    return UserResponse(user=public(user))
+async def read_me(identity: CurrentIdentity) -> UserResponse:
+    """The account the access token belongs to (read with the token check)."""
+    return UserResponse(user=public(identity.account))
 
 
 @router.post(

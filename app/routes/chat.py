@@ -4,6 +4,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
@@ -81,10 +82,9 @@ async def create_session(
     """Start a session; with `initial_message`, it is stored and answered at once."""
     body = body or SessionCreate()
     title = body.title or (_title_from(body.initial_message) if body.initial_message else "")
-    async with db.transaction() as conn:
-        session = await repository.insert_session(
-            conn, user_id=user_id, title=title or DEFAULT_TITLE
-        )
+    session = await db.write(
+        partial(repository.insert_session, user_id=user_id, title=title or DEFAULT_TITLE)
+    )
     messages: list[ChatMessage] = []
     if body.initial_message is not None:
         try:
@@ -179,8 +179,7 @@ async def list_sessions(
 ) -> SessionListResponse:
     """Your sessions, most recent activity first, a page at a time."""
     before = decode_session_cursor(cursor) if cursor else None
-    async with db.read() as conn:
-        rows = await repository.list_sessions(conn, user_id, limit=limit + 1, before=before)
+    rows = await repository.list_sessions(db.reader(), user_id, limit=limit + 1, before=before)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit else None
     return SessionListResponse(
@@ -205,8 +204,7 @@ async def read_history(
 ) -> HistoryResponse:
     """The session's messages, oldest first, a page at a time."""
     after = decode_history_cursor(cursor) if cursor else 0
-    async with db.read() as conn:
-        rows = await repository.list_messages(conn, session.id, limit=limit + 1, after_seq=after)
+    rows = await repository.list_messages(db.reader(), session.id, limit=limit + 1, after_seq=after)
     page = rows[:limit]
     return HistoryResponse(
         session_id=session.id,
@@ -218,8 +216,14 @@ async def read_history(
 @router.patch("/session/{session_id}", responses=error_responses(404))
 async def rename_session(session: OwnedSession, body: SessionRename, db: DbDep) -> SessionResponse:
     """Give one of your sessions a new title."""
-    async with db.transaction() as conn:
-        renamed = await repository.rename_session(conn, session.id, session.user_id, body.title)
+    renamed = await db.write(
+        partial(
+            repository.rename_session,
+            session_id=session.id,
+            user_id=session.user_id,
+            title=body.title,
+        )
+    )
     if renamed is None:
         raise SessionNotFound
     return SessionResponse(session=ChatSession.model_validate(renamed))
@@ -228,8 +232,9 @@ async def rename_session(session: OwnedSession, body: SessionRename, db: DbDep) 
 @router.delete("/session/{session_id}", responses=error_responses(404))
 async def delete_session(session: OwnedSession, db: DbDep) -> SuccessResponse:
     """Delete one of your sessions and all its messages."""
-    async with db.transaction() as conn:
-        deleted = await repository.delete_session(conn, session.id, session.user_id)
+    deleted = await db.write(
+        partial(repository.delete_session, session_id=session.id, user_id=session.user_id)
+    )
     if not deleted:
         raise SessionNotFound
     return SuccessResponse()

@@ -15,8 +15,7 @@ router = APIRouter(prefix="/auth/logins", tags=["auth"], responses=error_respons
 @router.get("")
 async def list_logins(claims: CurrentClaims, db: DbDep) -> LoginsResponse:
     """Your logins that can still refresh, oldest first; `current` marks this one."""
-    async with db.read() as conn:
-        rows = await repository.list_active_families(conn, claims.user_id)
+    rows = await repository.list_active_families(db.reader(), claims.user_id)
     return LoginsResponse(
         logins=[
             LoginInfo(

@@ -28,8 +28,7 @@ async def log_in(
     client: ClientInfo,
 ) -> TokenPair:
     """A new login for valid credentials; the same 401, in the same time, otherwise."""
-    async with db.read() as conn:
-        user = await repository.get_local_user_by_email(conn, credentials.email)
+    user = await repository.get_local_user_by_email(db.reader(), credentials.email)
     if user is None:
         await hasher.burn_verify(credentials.password)
         raise InvalidCredentials
@@ -46,8 +45,7 @@ async def log_in(
 
 async def _confirmed(db: Database, hasher: PasswordHasher, user_id: str, password: str) -> str:
     """The stored hash, once `password` matches it."""
-    async with db.read() as conn:
-        user = await repository.get_user_by_id(conn, user_id)
+    user = await repository.get_user_by_id(db.reader(), user_id)
     if user is None:
         raise Unauthorized("user_not_found")
     if not user.is_local:

@@ -1,6 +1,5 @@
 """Assistant providers: given a conversation, they yield the reply as text deltas."""
 
-import asyncio
 import json
 import logging
 import re
@@ -48,7 +47,6 @@ class EchoAssistant:
     async def stream_reply(self, conversation: Sequence[Turn]) -> AsyncGenerator[str]:
         text = conversation[-1].content if conversation else ""
         for piece in re.findall(r"\s*\S+\s*|\s+", f"Echo: {text}"):
-            await asyncio.sleep(0)  # a real provider yields between deltas; so do we
             yield piece
 
     async def aclose(self) -> None:

@@ -1,11 +1,13 @@
 """A chat exchange: store the user's message, ask the assistant, store its reply.
 
-No transaction is held while the assistant works: the user's message is
-committed first (it is never lost, even if the assistant fails), the reply in
-a second transaction.
+No transaction is held while the assistant works. A streamed reply stores the
+user's message first (the stream's events refer to it) and the reply when it
+ends; a plain exchange stores both in one write once the reply is complete, or
+the user's message alone if the assistant fails.
 """
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -16,6 +18,7 @@ from app import repository
 from app.db import Database
 from app.errors import AssistantUnavailable, SessionNotFound
 from app.repository import MessageRecord
+from app.repository.common import utc_now
 from app.services.assistant import AssistantProvider, ProviderError, Turn, complete
 
 logger = logging.getLogger("chatgate.conversation")
@@ -24,65 +27,104 @@ logger = logging.getLogger("chatgate.conversation")
 async def add_user_message(
     db: Database, *, session_id: str, user_id: str, text: str
 ) -> MessageRecord:
-    async with db.transaction() as conn:
-        message = await repository.add_message(
-            conn, session_id=session_id, user_id=user_id, role="user", content=text
+    message = await db.write(
+        functools.partial(
+            repository.add_message,
+            session_id=session_id,
+            user_id=user_id,
+            role="user",
+            content=text,
         )
+    )
     if message is None:
         raise SessionNotFound
     return message
 
 
 async def context_for(
-    db: Database, assistant: AssistantProvider, latest: MessageRecord
+    db: Database,
+    assistant: AssistantProvider,
+    *,
+    session_id: str,
+    user_id: str,
+    new: Turn,
+    stored_seq: int | None = None,
 ) -> list[Turn]:
-    """The latest messages within the provider's budget, oldest first."""
-    records = [latest]
+    """The latest messages within the provider's budget, oldest first, ending with `new`.
+
+    `stored_seq` is the position of `new` when it is already stored (and the
+    session's ownership proven by storing it); otherwise reading the history
+    checks ownership: SessionNotFound when the session is not the user's.
+    """
+    turns: list[Turn] = []
     if assistant.context_messages > 1:
-        async with db.read() as conn:
-            records = await repository.recent_messages(
-                conn, latest.session_id, limit=assistant.context_messages
-            )
-    kept: list[MessageRecord] = []
+        reader = db.reader()
+        if stored_seq is None and not await repository.get_owned_session(
+            reader, session_id, user_id
+        ):
+            raise SessionNotFound
+        records = await repository.recent_messages(
+            reader, session_id, limit=assistant.context_messages - 1, before_seq=stored_seq
+        )
+        turns = [Turn("user" if r.role == "user" else "assistant", r.content) for r in records]
+    turns.append(new)
+    kept: list[Turn] = []
     used = 0
-    for record in reversed(records):
-        used += len(record.content)
+    for turn in reversed(turns):
+        used += len(turn.content)
         if kept and used > assistant.context_chars:
             break
-        kept.append(record)
-    return [
-        Turn(role="user" if r.role == "user" else "assistant", content=r.content)
-        for r in reversed(kept)
-    ]
+        kept.append(turn)
+    return kept[::-1]
 
 
 async def store_reply(db: Database, *, user_id: str, session_id: str, text: str) -> MessageRecord:
-    async with db.transaction() as conn:
-        message = await repository.add_message(
-            conn, session_id=session_id, user_id=user_id, role="assistant", content=text
+    message = await db.write(
+        functools.partial(
+            repository.add_message,
+            session_id=session_id,
+            user_id=user_id,
+            role="assistant",
+            content=text,
         )
+    )
     if message is None:  # the session was deleted while the assistant was answering
         raise SessionNotFound
     return message
 
 
-async def reply_to(
-    db: Database, assistant: AssistantProvider, *, user_id: str, user_message: MessageRecord
-) -> MessageRecord:
-    try:
-        reply = await complete(assistant, await context_for(db, assistant, user_message))
-    except ProviderError as exc:
-        logger.warning("assistant failed for session %s: %s", user_message.session_id, exc)
-        raise AssistantUnavailable from None
-    return await store_reply(db, user_id=user_id, session_id=user_message.session_id, text=reply)
-
-
 async def exchange(
     db: Database, assistant: AssistantProvider, *, session_id: str, user_id: str, text: str
 ) -> tuple[MessageRecord, MessageRecord]:
-    user_message = await add_user_message(db, session_id=session_id, user_id=user_id, text=text)
-    assistant_message = await reply_to(db, assistant, user_id=user_id, user_message=user_message)
-    return user_message, assistant_message
+    """Asks the assistant, then stores question and answer in one write.
+
+    If the assistant fails, the question is stored alone and AssistantUnavailable
+    raised, so the user can retry from history; either way nothing is acknowledged
+    before it is on disk.
+    """
+    asked_at = utc_now()
+    context = await context_for(
+        db, assistant, session_id=session_id, user_id=user_id, new=Turn("user", text)
+    )
+    try:
+        reply = await complete(assistant, context)
+    except ProviderError as exc:
+        logger.warning("assistant failed for session %s: %s", session_id, exc)
+        await add_user_message(db, session_id=session_id, user_id=user_id, text=text)
+        raise AssistantUnavailable from None
+    pair = await db.write(
+        functools.partial(
+            repository.add_exchange,
+            session_id=session_id,
+            user_id=user_id,
+            question=text,
+            asked_at=asked_at,
+            answer=reply,
+        )
+    )
+    if pair is None:
+        raise SessionNotFound
+    return pair
 
 
 class StreamedReply:
@@ -117,7 +159,14 @@ class StreamedReply:
         return self._generator
 
     async def _generate(self) -> AsyncGenerator[str]:
-        context = await context_for(self._db, self._assistant, self.user_message)
+        context = await context_for(
+            self._db,
+            self._assistant,
+            session_id=self.user_message.session_id,
+            user_id=self._user_id,
+            new=Turn("user", self.user_message.content),
+            stored_seq=self.user_message.seq,
+        )
         async with aclosing(self._assistant.stream_reply(context)) as stream:
             try:
                 async for delta in stream:

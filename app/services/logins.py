@@ -112,8 +112,7 @@ async def _family_of(
         claims = tokens.verify_refresh(refresh_token)
     except Unauthorized:
         return None  # expired or junk: nothing left to end
-    async with db.read() as conn:
-        record = await repository.get_refresh_token(conn, token_hash(refresh_token))
+    record = await repository.get_refresh_token(db.reader(), token_hash(refresh_token))
     if record is None or record.user_id != user_id or claims.user_id != user_id:
         return None
     return record.family_id

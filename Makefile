@@ -7,10 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 APP    := $(VENV)/.installed-app
 DEV    := $(VENV)/.installed-dev
+BENCH  := $(VENV)/.installed-bench
 HOST   ?= 127.0.0.1
 PORT   ?= 8009
 
-.PHONY: run test lint pytest install clean
+.PHONY: run test lint pytest install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ $(DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,django-test]'
 	@touch $(DEV) $(APP)
 
+$(BENCH): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $(BENCH) $(APP)
+
 install: $(DEV)
 
 # --no-proxy-headers: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1.
@@ -31,14 +36,19 @@ run: $(APP)
 	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-proxy-headers
 
 lint: $(DEV)
-	$(BIN)/ruff check app tests scripts
-	$(BIN)/ruff format --check app tests scripts
+	$(BIN)/ruff check app tests scripts bench
+	$(BIN)/ruff format --check app tests scripts bench
 	$(BIN)/mypy app
 
 pytest: $(DEV)
 	$(BIN)/pytest
 
 test: lint pytest
+
+# Not a test: drives a real server with wrk and rewrites docs/performance.md.
+# Needs wrk (Debian/Ubuntu: sudo apt-get install wrk); takes about 10 minutes.
+bench: $(BENCH)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -132,8 +132,13 @@ class Settings(BaseSettings):
 
     @property
     def hash_concurrency(self) -> int:
-        """Password hashes at once: PASSWORD_HASH_CONCURRENCY, else one per CPU."""
-        return self.password_hash_concurrency or os.cpu_count() or 1
+        """Password hashes at once: PASSWORD_HASH_CONCURRENCY, else one per CPU this
+        process may run on (a container or `taskset` may allow fewer than the machine has)."""
+        if self.password_hash_concurrency:
+            return self.password_hash_concurrency
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0)) or 1
+        return os.cpu_count() or 1
 
     @property
     def data_dir(self) -> Path:

@@ -1,0 +1,1 @@
+"""`make bench`: chatgate measured against its own ceiling and a fastapi-users peer."""

@@ -18,21 +18,6 @@ class DuplicateEmail(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class UserRecord:
-    id: str
-    email: str
-    password_hash: str
-    display_name: str | None
-    role: str
-    created_at: str
-    auth_source: str
-
-    @property
-    def is_local(self) -> bool:
-        return self.auth_source == LOCAL
-
-
-@dataclass(frozen=True, slots=True)
 class Account:
     """What a request knows of its user, read with the token check: no password hash."""
 
@@ -48,12 +33,19 @@ class Account:
         return self.auth_source == LOCAL
 
 
+@dataclass(frozen=True, slots=True)
+class UserRecord(Account):
+    """The whole row, for the few places that check or change the password."""
+
+    password_hash: str
+
+
 ACCOUNT_COLUMNS = (
     "users.id, users.email, users.display_name, users.role, users.created_at, users.auth_source"
 )
 
 _SELECT_USER = (
-    "SELECT id, email, password_hash, display_name, role, created_at, auth_source FROM users"
+    "SELECT id, email, display_name, role, created_at, auth_source, password_hash FROM users"
 )
 
 
@@ -64,7 +56,7 @@ def _user(row: Any) -> UserRecord:
 async def insert_user(
     conn: aiosqlite.Connection, *, email: str, password_hash: str, display_name: str | None
 ) -> UserRecord:
-    user = UserRecord(new_id(), email, password_hash, display_name, "user", utc_now(), LOCAL)
+    user = UserRecord(new_id(), email, display_name, "user", utc_now(), LOCAL, password_hash)
     try:
         await conn.execute(
             "INSERT INTO users"

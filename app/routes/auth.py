@@ -15,7 +15,7 @@ from app.deps import (
     TokensDep,
 )
 from app.errors import Conflict
-from app.repository import Account, UserRecord
+from app.repository import Account
 from app.routes.credentials import LOGIN_BODY, read_credentials
 from app.schemas import (
     AccountDelete,
@@ -34,7 +34,7 @@ from app.services import accounts, logins
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-def public(user: Account | UserRecord) -> UserPublic:
+def public(user: Account) -> UserPublic:
     # Users from another issuer have no email here; their `email` column holds their id.
     return UserPublic(
         id=user.id,

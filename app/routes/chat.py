@@ -118,8 +118,8 @@ async def send_message(
 async def accept_message(body: MessageCreate, user_id: CurrentUserId, db: DbDep) -> MessageRecord:
     """Stores the user's message before any event is sent, so a wrong session or a bad
     body is a plain JSON error, and the message survives whatever the stream does."""
-    return await conversation.add_user_message(
-        db, session_id=body.session_id, user_id=user_id, text=body.message
+    return await conversation.store_message(
+        db, session_id=body.session_id, user_id=user_id, role="user", text=body.message
     )
 
 

@@ -24,16 +24,14 @@ from app.services.assistant import AssistantProvider, ProviderError, Turn, compl
 logger = logging.getLogger("chatgate.conversation")
 
 
-async def add_user_message(
-    db: Database, *, session_id: str, user_id: str, text: str
+async def store_message(
+    db: Database, *, session_id: str, user_id: str, role: str, text: str
 ) -> MessageRecord:
+    """Appends one message; SessionNotFound when the session is not the user's (or was
+    deleted meanwhile, for a reply)."""
     message = await db.write(
         functools.partial(
-            repository.add_message,
-            session_id=session_id,
-            user_id=user_id,
-            role="user",
-            content=text,
+            repository.add_message, session_id=session_id, user_id=user_id, role=role, content=text
         )
     )
     if message is None:
@@ -78,21 +76,6 @@ async def context_for(
     return kept[::-1]
 
 
-async def store_reply(db: Database, *, user_id: str, session_id: str, text: str) -> MessageRecord:
-    message = await db.write(
-        functools.partial(
-            repository.add_message,
-            session_id=session_id,
-            user_id=user_id,
-            role="assistant",
-            content=text,
-        )
-    )
-    if message is None:  # the session was deleted while the assistant was answering
-        raise SessionNotFound
-    return message
-
-
 async def exchange(
     db: Database, assistant: AssistantProvider, *, session_id: str, user_id: str, text: str
 ) -> tuple[MessageRecord, MessageRecord]:
@@ -110,7 +93,7 @@ async def exchange(
         reply = await complete(assistant, context)
     except ProviderError as exc:
         logger.warning("assistant failed for session %s: %s", session_id, exc)
-        await add_user_message(db, session_id=session_id, user_id=user_id, text=text)
+        await store_message(db, session_id=session_id, user_id=user_id, role="user", text=text)
         raise AssistantUnavailable from None
     pair = await db.write(
         functools.partial(
@@ -192,9 +175,10 @@ class StreamedReply:
     async def _store(self) -> None:
         # Shielded: after a disconnect this runs inside a cancelled scope.
         with anyio.CancelScope(shield=True):
-            self.message = await store_reply(
+            self.message = await store_message(
                 self._db,
-                user_id=self._user_id,
                 session_id=self.user_message.session_id,
+                user_id=self._user_id,
+                role="assistant",
                 text="".join(self._pieces),
             )

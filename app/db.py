@@ -100,6 +100,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX ix_revoked_access_tokens_expiry ON revoked_access_tokens (expires_at)",
     ),
+    # 3: messages without an index on their random id. Nothing looks a message up
+    # by id, and every insert landed on a random page of that index: with the
+    # implicit rowid as storage order and (session_id, seq) as the one index, a
+    # commit writes half the pages it did (docs/performance.md). The id is still
+    # a UUID4 made by the service, unique by construction.
+    (
+        """
+        CREATE TABLE messages_v3 (
+            id          TEXT NOT NULL,
+            session_id  TEXT NOT NULL REFERENCES chat_sessions(id) ON DELETE CASCADE,
+            seq         INTEGER NOT NULL,
+            role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            content     TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            UNIQUE (session_id, seq)
+        )
+        """,
+        "INSERT INTO messages_v3 (id, session_id, seq, role, content, created_at)"
+        " SELECT id, session_id, seq, role, content, created_at FROM messages ORDER BY rowid",
+        "DROP TABLE messages",
+        "ALTER TABLE messages_v3 RENAME TO messages",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

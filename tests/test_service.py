@@ -9,8 +9,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.auth import PasswordHasher
 from app.config import ConfigError, Settings, load_settings
-from app.db import SCHEMA_VERSION, Database
+from app.db import MIGRATIONS, SCHEMA_VERSION, Database
 from app.keys import SECRET_FILE_NAME
 from app.main import create_app
 from tests.helpers import PASSWORD, assert_error, assert_unauthorized, make_settings
@@ -247,6 +248,58 @@ class TestDatabase:
                     "/auth/login", json={"email": "p@example.com", "password": PASSWORD}
                 )
                 assert login.status_code == 200
+
+    async def test_a_schema_2_file_keeps_every_message_through_the_upgrade(
+        self, tmp_path: Path
+    ) -> None:
+        """Schema 3 rebuilt the messages table; what schema 2 stored must come through."""
+        settings = make_settings(tmp_path)
+        password_hash = await PasswordHasher(4, 1).hash(PASSWORD)
+        stamp = "2026-01-01T00:00:0{}.000000Z"
+        async with aiosqlite.connect(settings.database_path) as conn:
+            for step in MIGRATIONS[:2]:
+                for statement in step:
+                    await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO users (id, email, password_hash, display_name, role, created_at)"
+                " VALUES ('u1', 'old@example.com', ?, NULL, 'user', ?)",
+                (password_hash, stamp.format(0)),
+            )
+            await conn.execute(
+                "INSERT INTO chat_sessions VALUES ('s1', 'u1', 'Old chat', ?, ?, 3)",
+                (stamp.format(0), stamp.format(3)),
+            )
+            texts = ["first", "Echo: first", "it's <b>'; DROP TABLE messages; --</b> 🙂"]
+            for seq, text in enumerate(texts, start=1):
+                await conn.execute(
+                    "INSERT INTO messages VALUES (?, 's1', ?, ?, ?, ?)",
+                    (f"m{seq}", seq, "assistant" if seq == 2 else "user", text, stamp.format(seq)),
+                )
+            await conn.execute("PRAGMA user_version = 2")
+            await conn.commit()
+
+        app = create_app(settings)
+        async with app.router.lifespan_context(app), await _client_for(app) as c:
+            login = await c.post(
+                "/auth/login", json={"email": "old@example.com", "password": PASSWORD}
+            )
+            assert login.status_code == 200, login.text
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            history = (await c.get("/chat/session/s1/history", headers=headers)).json()
+            assert [(m["id"], m["content"]) for m in history["messages"]] == [
+                (f"m{seq}", text) for seq, text in enumerate(texts, start=1)
+            ]
+            sent = await c.post(
+                "/chat/message", json={"session_id": "s1", "message": "after"}, headers=headers
+            )
+            assert sent.status_code == 200, sent.text
+            history = (await c.get("/chat/session/s1/history", headers=headers)).json()
+            assert [m["content"] for m in history["messages"]][3:] == ["after", "Echo: after"]
+            session = (await c.get("/chat/session/s1", headers=headers)).json()["session"]
+            assert session["message_count"] == 5
+        async with aiosqlite.connect(settings.database_path) as conn:
+            assert list(await conn.execute_fetchall("PRAGMA integrity_check")) == [("ok",)]
+            assert list(await conn.execute_fetchall("PRAGMA foreign_key_check")) == []
 
     async def test_a_file_from_a_newer_chatgate_is_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "future.db"

@@ -103,6 +103,16 @@ def _message(row: Any) -> MessageRecord:
     return MessageRecord(*row)
 
 
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, session_id, seq, role, content, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _message_values(m: MessageRecord) -> tuple[str, str, int, str, str, str]:
+    return (m.id, m.session_id, m.seq, m.role, m.content, m.created_at)
+
+
 def add_message(
     conn: sqlite3.Connection, *, session_id: str, user_id: str, role: str, content: str
 ) -> MessageRecord | None:
@@ -116,11 +126,7 @@ def add_message(
     if not rows:
         return None
     message = MessageRecord(new_id(), session_id, int(rows[0][0]), role, content, now)
-    conn.execute(
-        "INSERT INTO messages (id, session_id, seq, role, content, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (message.id, session_id, message.seq, role, content, now),
-    )
+    conn.execute(_INSERT_MESSAGE, _message_values(message))
     return message
 
 
@@ -145,10 +151,10 @@ def add_exchange(
     seq = int(rows[0][0])
     asked = MessageRecord(new_id(), session_id, seq - 1, "user", question, asked_at)
     answered = MessageRecord(new_id(), session_id, seq, "assistant", answer, now)
-    conn.executemany(
-        "INSERT INTO messages (id, session_id, seq, role, content, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [(m.id, m.session_id, m.seq, m.role, m.content, m.created_at) for m in (asked, answered)],
+    # One statement for both rows: each statement is a trip through SQLite (and a
+    # release of the GIL) on the writer's thread.
+    conn.execute(
+        _INSERT_MESSAGE + ", (?, ?, ?, ?, ?, ?)", _message_values(asked) + _message_values(answered)
     )
     return asked, answered
 

@@ -9,9 +9,9 @@ from fastapi.security import OAuth2PasswordBearer
 from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
 from app.db import Database
-from app.errors import SessionNotFound, Unauthorized, UnsupportedMediaType
+from app.errors import SessionNotFound, Unauthorized
 from app.repository import Account, SessionRecord
-from app.services.assistant import AssistantProvider
+from app.services.conversation import Conversation
 from app.services.logins import USER_AGENT_MAX_CHARS, ClientInfo
 
 
@@ -22,7 +22,7 @@ class Services:
     db: Database
     hasher: PasswordHasher
     tokens: TokenService
-    assistant: AssistantProvider
+    conversation: Conversation
 
 
 def services_of(request: Request) -> Services:
@@ -44,14 +44,14 @@ async def get_tokens(request: Request) -> TokenService:
     return services_of(request).tokens
 
 
-async def get_assistant(request: Request) -> AssistantProvider:
-    return services_of(request).assistant
+async def get_conversation(request: Request) -> Conversation:
+    return services_of(request).conversation
 
 
 DbDep = Annotated[Database, Depends(get_db)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 TokensDep = Annotated[TokenService, Depends(get_tokens)]
-AssistantDep = Annotated[AssistantProvider, Depends(get_assistant)]
+ConversationDep = Annotated[Conversation, Depends(get_conversation)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,30 +154,3 @@ async def get_owned_session(
 
 
 OwnedSession = Annotated[SessionRecord, Depends(get_owned_session)]
-
-
-def media_type(request: Request) -> str:
-    """The Content-Type without parameters, lower-cased ("" when absent)."""
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def is_json(mime: str) -> bool:
-    return mime == "application/json" or mime.endswith("+json")
-
-
-async def require_json(request: Request) -> None:
-    """415 for a body that is not JSON, instead of a confusing validation error."""
-    if request.method not in {"POST", "PUT", "PATCH", "DELETE"}:
-        return
-    if "content-type" not in request.headers:
-        has_body = request.headers.get("content-length", "0") != "0" or (
-            "transfer-encoding" in request.headers
-        )
-        if has_body:
-            raise UnsupportedMediaType
-        return
-    if not is_json(media_type(request)):
-        raise UnsupportedMediaType
-
-
-JsonBody = Depends(require_json)

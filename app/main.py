@@ -19,6 +19,7 @@ from app.middleware import BodySizeLimit, ClientGoneMiddleware, EnvelopeCORSMidd
 from app.routes import auth, chat, health, logins
 from app.routes.docs import mount_docs
 from app.services.assistant import build_assistant
+from app.services.conversation import Conversation
 
 logger = logging.getLogger("chatgate")
 
@@ -52,7 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             db=db,
             hasher=hasher,
             tokens=_token_service(settings, app.state.jwt_secret),
-            assistant=assistant,
+            conversation=Conversation(db, assistant),
         )
         logger.info("chatgate ready; database %s", settings.database_path)
         # What start-up built lives as long as the process: out of the collector's

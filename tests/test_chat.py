@@ -26,6 +26,7 @@ SESSION_ROUTES = [
     pytest.param("PATCH", "/chat/session/{id}", {"title": "Taken over"}, id="rename"),
     pytest.param("DELETE", "/chat/session/{id}", None, id="delete"),
     pytest.param("POST", "/chat/message", {"session_id": "{id}", "message": "hi"}, id="message"),
+    pytest.param("POST", "/chat/send", {"session_id": "{id}", "message": "hi"}, id="send"),
 ]
 ALL_ROUTES = [
     pytest.param("POST", "/chat/session/new", {"title": "T"}, id="create"),
@@ -126,8 +127,10 @@ async def snapshot(
 
 
 def assert_uuid(value: object) -> None:
+    """A random UUID in its canonical text form: opaque, never sequential."""
     assert isinstance(value, str)
     assert str(uuid.UUID(value)) == value
+    assert uuid.UUID(value).version == 4
 
 
 def assert_timestamp(value: object) -> None:
@@ -852,6 +855,15 @@ class TestAuthentication:
         assert "mine" not in response.text
         assert await snapshot(client, alice, session["id"]) == before
         assert len(await list_sessions(client, alice)) == 1
+
+    def test_the_route_list_above_is_every_chat_route(self) -> None:
+        """The chat router has no router-wide token check (docs/performance.md): each
+        route depends on get_current_user_id itself, and ALL_ROUTES must cover them."""
+        from app.routes.chat import router
+
+        declared = {(m, r.path) for r in router.routes for m in getattr(r, "methods", ())}
+        listed = {(p.values[0], p.values[1]) for p in ALL_ROUTES}
+        assert declared == {(m, path.replace("{id}", "{session_id}")) for m, path in listed}
 
 
 class TestConcurrency:

@@ -12,16 +12,15 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app import repository
 from app.deps import (
-    AssistantDep,
+    ConversationDep,
     CurrentUserId,
     DbDep,
-    JsonBody,
     OwnedSession,
-    get_current_user_id,
 )
 from app.errors import AssistantUnavailable, SessionNotFound
 from app.pagination import decode_history_cursor, decode_session_cursor, encode_cursor
 from app.repository import MessageRecord
+from app.routes.json_route import JsonRoute
 from app.schemas import (
     HISTORY_PAGE_DEFAULT,
     HISTORY_PAGE_MAX,
@@ -41,16 +40,18 @@ from app.schemas import (
     SuccessResponse,
     error_responses,
 )
-from app.services import conversation
 from app.services.assistant import ProviderError
+from app.services.conversation import StreamedReply
 
 logger = logging.getLogger("chatgate.chat")
 router = APIRouter(
     prefix="/chat",
     tags=["chat"],
-    # The token is checked before the body's type: a caller without a valid token
-    # learns nothing else (FastAPI still reports unparseable JSON first).
-    dependencies=[Depends(get_current_user_id), JsonBody],
+    # No router-level dependency: each route names its user (CurrentUserId, or
+    # OwnedSession, which depends on it), and a second node for the same check
+    # costs every request (docs/performance.md). tests/test_chat.py checks that
+    # every route here depends on get_current_user_id.
+    route_class=JsonRoute,
     responses=error_responses(401, 413, 415, 422),
 )
 
@@ -77,19 +78,17 @@ def _title_from(text: str) -> str:
 
 @router.post("/session/new", status_code=status.HTTP_201_CREATED, responses=error_responses(502))
 async def create_session(
-    user_id: CurrentUserId, db: DbDep, assistant: AssistantDep, body: SessionCreate | None = None
+    user_id: CurrentUserId, chat: ConversationDep, body: SessionCreate | None = None
 ) -> SessionCreatedResponse:
     """Start a session; with `initial_message`, it is stored and answered at once."""
     body = body or SessionCreate()
     title = body.title or (_title_from(body.initial_message) if body.initial_message else "")
-    session = await db.write(
-        partial(repository.insert_session, user_id=user_id, title=title or DEFAULT_TITLE)
-    )
+    session = await chat.start_session(user_id=user_id, title=title or DEFAULT_TITLE)
     messages: list[ChatMessage] = []
     if body.initial_message is not None:
         try:
-            pair = await conversation.exchange(
-                db, assistant, session_id=session.id, user_id=user_id, text=body.initial_message
+            pair = await chat.exchange(
+                session_id=session.id, user_id=user_id, text=body.initial_message
             )
         except AssistantUnavailable as exc:
             # The session and the message are stored: say where, so the client can retry.
@@ -102,11 +101,11 @@ async def create_session(
 
 @router.post("/message", responses=error_responses(404, 502))
 async def send_message(
-    body: MessageCreate, user_id: CurrentUserId, db: DbDep, assistant: AssistantDep
+    body: MessageCreate, user_id: CurrentUserId, chat: ConversationDep
 ) -> MessageExchangeResponse:
     """Add a message to one of your sessions and get the assistant's reply."""
-    user_message, assistant_message = await conversation.exchange(
-        db, assistant, session_id=body.session_id, user_id=user_id, text=body.message
+    user_message, assistant_message = await chat.exchange(
+        session_id=body.session_id, user_id=user_id, text=body.message
     )
     return MessageExchangeResponse(
         session_id=body.session_id,
@@ -115,11 +114,13 @@ async def send_message(
     )
 
 
-async def accept_message(body: MessageCreate, user_id: CurrentUserId, db: DbDep) -> MessageRecord:
+async def accept_message(
+    body: MessageCreate, user_id: CurrentUserId, chat: ConversationDep
+) -> MessageRecord:
     """Stores the user's message before any event is sent, so a wrong session or a bad
     body is a plain JSON error, and the message survives whatever the stream does."""
-    return await conversation.store_message(
-        db, session_id=body.session_id, user_id=user_id, role="user", text=body.message
+    return await chat.store_message(
+        session_id=body.session_id, user_id=user_id, role="user", text=body.message
     )
 
 
@@ -127,18 +128,18 @@ AcceptedMessage = Annotated[MessageRecord, Depends(accept_message)]
 
 
 async def streamed_reply(
-    user_message: AcceptedMessage, user_id: CurrentUserId, db: DbDep, assistant: AssistantDep
-) -> AsyncIterator[conversation.StreamedReply]:
+    user_message: AcceptedMessage, user_id: CurrentUserId, chat: ConversationDep
+) -> AsyncIterator[StreamedReply]:
     """The reply being streamed; its teardown runs once the response is over, however
     it ended, and stores the partial reply of a client that went away."""
-    reply = conversation.StreamedReply(db, assistant, user_id=user_id, user_message=user_message)
+    reply = StreamedReply(chat, user_id=user_id, user_message=user_message)
     try:
         yield reply
     finally:
         await reply.finish()
 
 
-ReplyStream = Annotated[conversation.StreamedReply, Depends(streamed_reply, scope="request")]
+ReplyStream = Annotated[StreamedReply, Depends(streamed_reply, scope="request")]
 
 
 @router.post(

@@ -6,8 +6,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.deps import is_json, media_type
 from app.errors import UnsupportedMediaType
+from app.routes.json_route import is_json, media_type
 from app.schemas import LoginRequest
 
 LOGIN_BODY: dict[str, Any] = {

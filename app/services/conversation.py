@@ -17,97 +17,109 @@ import anyio
 from app import repository
 from app.db import Database
 from app.errors import AssistantUnavailable, SessionNotFound
-from app.repository import MessageRecord
+from app.repository import MessageRecord, SessionRecord
 from app.repository.common import utc_now
 from app.services.assistant import AssistantProvider, ProviderError, Turn, complete
 
 logger = logging.getLogger("chatgate.conversation")
 
 
-async def store_message(
-    db: Database, *, session_id: str, user_id: str, role: str, text: str
-) -> MessageRecord:
-    """Appends one message; SessionNotFound when the session is not the user's (or was
-    deleted meanwhile, for a reply)."""
-    message = await db.write(
-        functools.partial(
-            repository.add_message, session_id=session_id, user_id=user_id, role=role, content=text
-        )
-    )
-    if message is None:
-        raise SessionNotFound
-    return message
+class Conversation:
+    """Chat exchanges over one database and one assistant, built once by the lifespan.
 
-
-async def context_for(
-    db: Database,
-    assistant: AssistantProvider,
-    *,
-    session_id: str,
-    user_id: str,
-    new: Turn,
-    stored_seq: int | None = None,
-) -> list[Turn]:
-    """The latest messages within the provider's budget, oldest first, ending with `new`.
-
-    `stored_seq` is the position of `new` when it is already stored (and the
-    session's ownership proven by storing it); otherwise reading the history
-    checks ownership: SessionNotFound when the session is not the user's.
+    The chat routes take this one dependency rather than the database and the
+    assistant separately: each dependency node costs every request.
     """
-    turns: list[Turn] = []
-    if assistant.context_messages > 1:
-        reader = db.reader()
-        if stored_seq is None and not await repository.get_owned_session(
-            reader, session_id, user_id
-        ):
+
+    def __init__(self, db: Database, assistant: AssistantProvider) -> None:
+        self.db = db
+        self.assistant = assistant
+
+    async def start_session(self, *, user_id: str, title: str) -> SessionRecord:
+        return await self.db.write(
+            functools.partial(repository.insert_session, user_id=user_id, title=title)
+        )
+
+    async def store_message(
+        self, *, session_id: str, user_id: str, role: str, text: str
+    ) -> MessageRecord:
+        """Appends one message; SessionNotFound when the session is not the user's (or was
+        deleted meanwhile, for a reply)."""
+        message = await self.db.write(
+            functools.partial(
+                repository.add_message,
+                session_id=session_id,
+                user_id=user_id,
+                role=role,
+                content=text,
+            )
+        )
+        if message is None:
             raise SessionNotFound
-        records = await repository.recent_messages(
-            reader, session_id, limit=assistant.context_messages - 1, before_seq=stored_seq
+        return message
+
+    async def context_for(
+        self, *, session_id: str, user_id: str, new: Turn, stored_seq: int | None = None
+    ) -> list[Turn]:
+        """The latest messages within the provider's budget, oldest first, ending with `new`.
+
+        `stored_seq` is the position of `new` when it is already stored (and the
+        session's ownership proven by storing it); otherwise reading the history
+        checks ownership: SessionNotFound when the session is not the user's.
+        """
+        turns: list[Turn] = []
+        if self.assistant.context_messages > 1:
+            reader = self.db.reader()
+            if stored_seq is None and not await repository.get_owned_session(
+                reader, session_id, user_id
+            ):
+                raise SessionNotFound
+            records = await repository.recent_messages(
+                reader, session_id, limit=self.assistant.context_messages - 1, before_seq=stored_seq
+            )
+            turns = [Turn("user" if r.role == "user" else "assistant", r.content) for r in records]
+        turns.append(new)
+        kept: list[Turn] = []
+        used = 0
+        for turn in reversed(turns):
+            used += len(turn.content)
+            if kept and used > self.assistant.context_chars:
+                break
+            kept.append(turn)
+        return kept[::-1]
+
+    async def exchange(
+        self, *, session_id: str, user_id: str, text: str
+    ) -> tuple[MessageRecord, MessageRecord]:
+        """Asks the assistant, then stores question and answer in one write.
+
+        If the assistant fails, the question is stored alone and AssistantUnavailable
+        raised, so the user can retry from history; either way nothing is acknowledged
+        before it is on disk.
+        """
+        asked_at = utc_now()
+        context = await self.context_for(
+            session_id=session_id, user_id=user_id, new=Turn("user", text)
         )
-        turns = [Turn("user" if r.role == "user" else "assistant", r.content) for r in records]
-    turns.append(new)
-    kept: list[Turn] = []
-    used = 0
-    for turn in reversed(turns):
-        used += len(turn.content)
-        if kept and used > assistant.context_chars:
-            break
-        kept.append(turn)
-    return kept[::-1]
-
-
-async def exchange(
-    db: Database, assistant: AssistantProvider, *, session_id: str, user_id: str, text: str
-) -> tuple[MessageRecord, MessageRecord]:
-    """Asks the assistant, then stores question and answer in one write.
-
-    If the assistant fails, the question is stored alone and AssistantUnavailable
-    raised, so the user can retry from history; either way nothing is acknowledged
-    before it is on disk.
-    """
-    asked_at = utc_now()
-    context = await context_for(
-        db, assistant, session_id=session_id, user_id=user_id, new=Turn("user", text)
-    )
-    try:
-        reply = await complete(assistant, context)
-    except ProviderError as exc:
-        logger.warning("assistant failed for session %s: %s", session_id, exc)
-        await store_message(db, session_id=session_id, user_id=user_id, role="user", text=text)
-        raise AssistantUnavailable from None
-    pair = await db.write(
-        functools.partial(
-            repository.add_exchange,
-            session_id=session_id,
-            user_id=user_id,
-            question=text,
-            asked_at=asked_at,
-            answer=reply,
+        try:
+            reply = await complete(self.assistant, context)
+        except ProviderError as exc:
+            logger.warning("assistant failed for session %s: %s", session_id, exc)
+            await self.store_message(session_id=session_id, user_id=user_id, role="user", text=text)
+            raise AssistantUnavailable from None
+        pair = await self.db.write(
+            functools.partial(
+                repository.add_exchange,
+                session_id=session_id,
+                user_id=user_id,
+                question=text,
+                asked_at=asked_at,
+                answer=reply,
+            )
         )
-    )
-    if pair is None:
-        raise SessionNotFound
-    return pair
+        if pair is None:
+            raise SessionNotFound
+        return pair
 
 
 class StreamedReply:
@@ -120,15 +132,9 @@ class StreamedReply:
     """
 
     def __init__(
-        self,
-        db: Database,
-        assistant: AssistantProvider,
-        *,
-        user_id: str,
-        user_message: MessageRecord,
+        self, conversation: Conversation, *, user_id: str, user_message: MessageRecord
     ) -> None:
-        self._db = db
-        self._assistant = assistant
+        self._conversation = conversation
         self._user_id = user_id
         self.user_message = user_message
         self.message: MessageRecord | None = None
@@ -142,15 +148,13 @@ class StreamedReply:
         return self._generator
 
     async def _generate(self) -> AsyncGenerator[str]:
-        context = await context_for(
-            self._db,
-            self._assistant,
+        context = await self._conversation.context_for(
             session_id=self.user_message.session_id,
             user_id=self._user_id,
             new=Turn("user", self.user_message.content),
             stored_seq=self.user_message.seq,
         )
-        async with aclosing(self._assistant.stream_reply(context)) as stream:
+        async with aclosing(self._conversation.assistant.stream_reply(context)) as stream:
             try:
                 async for delta in stream:
                     self._pieces.append(delta)
@@ -175,8 +179,7 @@ class StreamedReply:
     async def _store(self) -> None:
         # Shielded: after a disconnect this runs inside a cancelled scope.
         with anyio.CancelScope(shield=True):
-            self.message = await store_message(
-                self._db,
+            self.message = await self._conversation.store_message(
                 session_id=self.user_message.session_id,
                 user_id=self._user_id,
                 role="assistant",

@@ -40,14 +40,19 @@ def table(rows: Sequence["Row"]) -> str:
 
 
 def write_doc(
-    doc: Path, chart: Path, rows: Sequence["Row"], machine: dict[str, str], table_md: str
+    doc: Path,
+    chart: Path,
+    rows: Sequence["Row"],
+    machine: dict[str, str],
+    table_md: str,
+    command: str,
 ) -> None:
     """Rewrites the measured part of docs/performance.md and its chart; keeps the rest."""
     draw_chart(chart, rows)
     facts = "\n".join(f"- **{k}**: {v}" for k, v in machine.items())
     measured = (
         f"{BEGIN}\n\n"
-        "Command: `make bench` (`python -m bench.run --rounds 3 --duration 5`).\n\n"
+        f"Command: `make bench` (`{command}`).\n\n"
         f"{facts}\n\n{table_md}\n\n"
         f"![Measured ratios against their targets]({chart.name})\n\n{END}"
     )

@@ -5,7 +5,7 @@ every row is measured back to back with what it is compared with, alternating,
 over several rounds, and the median ratio is what counts. The server gets one
 core and the load generator (wrk, and this script) the other.
 
-    python -m bench.run [--rounds 3] [--duration 5] [--no-doc]
+    python -m bench.run [--rounds 5] [--duration 5] [--no-doc]
 """
 
 import argparse
@@ -296,38 +296,52 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, 
             wrk(f"{url}/auth/me", duration=1, token=token)
             wrk(f"{peer_url}/users/me", duration=1, token=ptoken)
 
-        def against_ceiling(row: Row, run: Callable[[], Run]) -> Run:
+        def measure_ceiling() -> Run:
             c = wrk(f"{url}/healthz", duration=d)
             ceiling.runs.append(c)
+            return c
+
+        def against_ceiling(row: Row, run: Callable[[], Run], before: Run) -> tuple[Run, Run]:
+            """`run` between two ceiling runs (`before`, and one after it, returned for the
+            next row): its ratio is to their mean, so the machine getting faster or
+            slower meanwhile cancels out."""
             x = run()
+            after = measure_ceiling()
             row.runs.append(x)
-            row.ratios.append(x.rps / c.rps)
-            return x
+            row.ratios.append(x.rps / ((before.rps + after.rps) / 2))
+            return x, after
 
         for i in range(args.rounds):
             print(f"round {i + 1}/{args.rounds}: reads", file=sys.stderr)  # noqa: T201
-            m = against_ceiling(me, lambda: wrk(f"{url}/auth/me", duration=d, token=token))
-            p = against_ceiling(peer, lambda: wrk(f"{peer_url}/users/me", duration=d, token=ptoken))
+            c = measure_ceiling()
+            m, c = against_ceiling(me, lambda: wrk(f"{url}/auth/me", duration=d, token=token), c)
+            p, c = against_ceiling(
+                peer, lambda: wrk(f"{peer_url}/users/me", duration=d, token=ptoken), c
+            )
             me_peer.runs.append(m)
             me_peer.ratios.append(m.rps / p.rps)
-            against_ceiling(sessions, lambda: wrk(f"{url}/chat/sessions", duration=d, token=token))
-            against_ceiling(history, lambda: wrk(hist_url, duration=d, token=token))
+            _, c = against_ceiling(
+                sessions, lambda: wrk(f"{url}/chat/sessions", duration=d, token=token), c
+            )
+            against_ceiling(history, lambda: wrk(hist_url, duration=d, token=token), c)
+
+        def raw_insert() -> Run:
+            return wrk(
+                f"{url}/_bench/insert", duration=d, method="POST", bodies=insert_body,
+                content_type="application/json",
+            )  # fmt: skip
 
         for i in range(args.rounds):
             print(f"round {i + 1}/{args.rounds}: writes", file=sys.stderr)  # noqa: T201
-            r = against_ceiling(
-                raw,
-                lambda: wrk(
-                    f"{url}/_bench/insert", duration=d, method="POST", bodies=insert_body,
-                    content_type="application/json",
-                ),
-            )  # fmt: skip
+            c = measure_ceiling()
+            r, _ = against_ceiling(raw, raw_insert, c)
             w = wrk(
                 f"{url}/chat/message", duration=d, token=token, method="POST", bodies=bodies,
                 content_type="application/json",
             )  # fmt: skip
+            r_after = raw_insert()  # the message run sits between two raw-insert runs
             message.runs.append(w)
-            message.ratios.append(w.rps / r.rps)
+            message.ratios.append(w.rps / ((r.rps + r_after.rps) / 2))
             writes.runs.append(w)
             writes.ratios.append(w.p99_ms / w.p50_ms)
 
@@ -405,7 +419,7 @@ def _cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs alone")
     args = parser.parse_args()
@@ -419,8 +433,9 @@ def main() -> None:
     table = report.table(rows)
     print(table)  # noqa: T201
     if not args.no_doc:
+        command = f"python -m bench.run --rounds {args.rounds} --duration {args.duration:g}"
         report.write_doc(ROOT / "docs" / "performance.md", ROOT / "docs" / "performance.png",
-                         rows, machine, table)  # fmt: skip
+                         rows, machine, table, command)  # fmt: skip
     failing = [row.name for row in rows if row.ratios and not row.holds]
     if failing:
         print(f"targets missed: {', '.join(failing)}", file=sys.stderr)  # noqa: T201

@@ -5,16 +5,18 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from jose import jws, jwt
 from passlib.context import CryptContext
 
-from app.errors import Unauthorized
+from app.errors import ServiceUnavailable, Unauthorized, retry_after
+
+T = TypeVar("T")
 
 ALGORITHM = "HS256"
 ACCESS = "access"
@@ -34,10 +36,13 @@ class PasswordHasher:
     New hashes are `bcrypt_sha256` (HMAC-SHA256 before bcrypt, so bytes past 72
     count); plain `$2b$` hashes from older systems still verify and are upgraded
     on the next successful login. Hashing runs in worker threads, at most
-    `concurrency` at once, so the event loop keeps serving requests.
+    `concurrency` at once, so the event loop keeps serving requests; one that
+    would wait longer than `max_wait` seconds for a slot (judged from the time
+    a hash took at start-up) is refused with a 503 and a Retry-After instead
+    of queueing without bound.
     """
 
-    def __init__(self, rounds: int, concurrency: int) -> None:
+    def __init__(self, rounds: int, concurrency: int, max_wait: float | None = None) -> None:
         self._context = CryptContext(
             schemes=["bcrypt_sha256", "bcrypt"],
             deprecated=["bcrypt"],
@@ -45,20 +50,41 @@ class PasswordHasher:
             bcrypt__rounds=rounds,
         )
         self._limiter = anyio.CapacityLimiter(concurrency)
+        self._slots = concurrency
+        self._max_wait = max_wait
+        self._pending = 0  # running or waiting for a slot
+        self._seconds_per_hash = 0.25
         self._dummy_hash: str | None = None
 
     async def hash(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._context.hash, password, limiter=self._limiter)
+        return await self._run(self._context.hash, password)
 
     async def verify(self, password: str, hashed: str) -> tuple[bool, str | None]:
         """(matches, replacement hash when the stored one uses an outdated scheme)."""
-        return await anyio.to_thread.run_sync(
-            self._verify_sync, password, hashed, limiter=self._limiter
-        )
+        return await self._run(self._verify_sync, password, hashed)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        # Counted here rather than read from the limiter, whose count changes only
+        # once a waiting task has run: a burst arriving together would all pass.
+        waiting = self._pending - self._slots + 1
+        wait = max(0, waiting) / self._slots * self._seconds_per_hash
+        if self._max_wait is not None and waiting > 0 and wait > self._max_wait:
+            raise ServiceUnavailable(
+                detail="Too many password checks are waiting; retry shortly.",
+                headers=retry_after(wait),
+            )
+        self._pending += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            self._pending -= 1
 
     async def prepare(self) -> None:
-        """Makes the hash that `burn_verify` checks against (once, at start-up)."""
+        """Makes the hash that `burn_verify` checks against (once, at start-up), and
+        times it, for the Retry-After of a refused hash."""
+        started = time.perf_counter()
         self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+        self._seconds_per_hash = time.perf_counter() - started
 
     async def burn_verify(self, password: str) -> None:
         """Costs what a real verify costs, for emails that have no account."""

@@ -8,7 +8,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.network import parse_networks
+from app.ratelimit import RULES, parse_rule
+
 MIN_SECRET_BYTES = 32
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 SECRET_HINT = (
     'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))" '  # noqa: S105
     "(or leave JWT_SECRET_KEY unset and chatgate keeps a generated key in its data folder)"
@@ -74,6 +78,17 @@ class Settings(BaseSettings):
     context_max_messages: int = Field(default=20, ge=1, le=1000)
     context_max_chars: int = Field(default=24_000, ge=100, le=10_000_000)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    password_hash_max_wait: float = Field(default=2.0, ge=0, le=60)
+    rate_limit_enabled: bool = True
+    rate_limit_storage_uri: str = "memory://"
+    rate_limit_key_prefix: str = Field(default="chatgate", min_length=1, max_length=100)
+    rate_limit_chat: str = "30/minute"
+    rate_limit_login_ip: str = "20/minute"
+    rate_limit_login_email: str = "5/minute;20/hour"
+    rate_limit_register: str = "10/hour"
+    rate_limit_refresh: str = "30/minute"
+    rate_limit_anonymous: str = "120/minute"
+    trusted_proxies: Annotated[list[str], NoDecode] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("jwt_secret_key")
@@ -114,6 +129,43 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [entry.strip() for entry in value.split(",") if entry.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
+    @field_validator(
+        "rate_limit_chat",
+        "rate_limit_login_ip",
+        "rate_limit_login_email",
+        "rate_limit_register",
+        "rate_limit_refresh",
+        "rate_limit_anonymous",
+    )
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        parse_rule(value)
+        return value
+
+    @field_validator("rate_limit_storage_uri")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        scheme = value.removeprefix("async+").split("://", 1)[0]
+        if "://" not in value or scheme not in STORAGE_SCHEMES:
+            raise ValueError(
+                "RATE_LIMIT_STORAGE_URI must be memory:// (one instance) or "
+                "redis://host:6379/0 (instances sharing their counters)"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _sqlite_only(cls, value: str) -> str:
@@ -139,6 +191,10 @@ class Settings(BaseSettings):
         if hasattr(os, "sched_getaffinity"):
             return len(os.sched_getaffinity(0)) or 1
         return os.cpu_count() or 1
+
+    @property
+    def rate_limit_rules(self) -> dict[str, str]:
+        return {name: getattr(self, f"rate_limit_{name}") for name in RULES}
 
     @property
     def data_dir(self) -> Path:

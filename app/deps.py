@@ -10,6 +10,7 @@ from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
 from app.db import Database
 from app.errors import SessionNotFound, Unauthorized
+from app.ratelimit import RateLimiter
 from app.repository import Account, SessionRecord
 from app.services.conversation import Conversation
 from app.services.logins import USER_AGENT_MAX_CHARS, ClientInfo
@@ -23,6 +24,7 @@ class Services:
     hasher: PasswordHasher
     tokens: TokenService
     conversation: Conversation
+    limiter: RateLimiter
 
 
 def services_of(request: Request) -> Services:
@@ -48,10 +50,15 @@ async def get_conversation(request: Request) -> Conversation:
     return services_of(request).conversation
 
 
+async def get_limiter(request: Request) -> RateLimiter:
+    return services_of(request).limiter
+
+
 DbDep = Annotated[Database, Depends(get_db)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 TokensDep = Annotated[TokenService, Depends(get_tokens)]
 ConversationDep = Annotated[Conversation, Depends(get_conversation)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +140,9 @@ async def get_client_info(request: Request) -> ClientInfo:
     user_agent = request.headers.get("user-agent")
     return ClientInfo(
         user_agent=user_agent[:USER_AGENT_MAX_CHARS] if user_agent else None,
-        ip=request.client.host if request.client else None,
+        ip=services_of(request).limiter.proxies.client_ip(request.scope)
+        if request.client
+        else None,
     )
 
 

@@ -1,6 +1,7 @@
 """Every error leaves chatgate in one envelope: {success: false, error, detail}."""
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -110,6 +111,23 @@ class AssistantUnavailable(AppError):
 class ServiceUnavailable(AppError):
     status_code = 503
     message = _SENTENCES[503]
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """A Retry-After header: whole seconds, at least one."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+class TooManyRequests(AppError):
+    """A rate limit refused the request; Retry-After says when the next one can pass."""
+
+    status_code = 429
+    message = _SENTENCES[429]
+
+    def __init__(self, *, limit: str, seconds: float) -> None:
+        headers = retry_after(seconds)
+        detail = f"Over the limit of {limit}; retry in {headers['Retry-After']} s."
+        super().__init__(detail=detail, headers=headers)
 
 
 def sentence_for(status_code: int) -> str:

@@ -15,7 +15,14 @@ from app.db import Database
 from app.deps import Services
 from app.errors import install_error_handlers
 from app.keys import resolve_jwt_secret
-from app.middleware import BodySizeLimit, ClientGoneMiddleware, EnvelopeCORSMiddleware
+from app.middleware import (
+    BodySizeLimit,
+    ClientGoneMiddleware,
+    EnvelopeCORSMiddleware,
+    RateLimitMiddleware,
+)
+from app.network import TrustedProxies, parse_networks
+from app.ratelimit import RateLimiter
 from app.routes import auth, chat, health, logins
 from app.routes.docs import mount_docs
 from app.services.assistant import build_assistant
@@ -47,13 +54,31 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources.push_async_callback(db.close)
         assistant = build_assistant(settings)
         resources.push_async_callback(assistant.aclose)
-        hasher = PasswordHasher(settings.bcrypt_rounds, settings.hash_concurrency)
+        hasher = PasswordHasher(
+            settings.bcrypt_rounds, settings.hash_concurrency, settings.password_hash_max_wait
+        )
         await hasher.prepare()
+        tokens = _token_service(settings, app.state.jwt_secret)
+        limiter = RateLimiter(
+            enabled=settings.rate_limit_enabled,
+            storage_uri=settings.rate_limit_storage_uri,
+            rules=settings.rate_limit_rules,
+            key_prefix=settings.rate_limit_key_prefix,
+            tokens=tokens,
+            proxies=TrustedProxies(parse_networks(settings.trusted_proxies)),
+        )
+        resources.push_async_callback(limiter.aclose)
+        if settings.rate_limit_enabled and not await limiter.storage_reachable():
+            logger.error(
+                "the rate-limit storage (RATE_LIMIT_STORAGE_URI) does not answer; "
+                "requests pass unlimited until it does"
+            )
         app.state.services = Services(
             db=db,
             hasher=hasher,
-            tokens=_token_service(settings, app.state.jwt_secret),
+            tokens=tokens,
             conversation=Conversation(db, assistant),
+            limiter=limiter,
         )
         logger.info("chatgate ready; database %s", settings.database_path)
         # What start-up built lives as long as the process: out of the collector's
@@ -108,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ClientGoneMiddleware)
+    if settings.rate_limit_enabled:
+        app.add_middleware(RateLimitMiddleware)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         app.add_middleware(

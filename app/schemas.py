@@ -273,9 +273,11 @@ _ERROR_DESCRIPTIONS = {
     413: "Request body too large.",
     415: "Request body is not JSON.",
     422: "Invalid input.",
+    429: "Over a rate limit; Retry-After says in how many seconds to try again.",
     500: "Internal error.",
     502: "The assistant is unavailable; the user message was stored.",
-    503: "Temporarily unavailable.",
+    503: "Temporarily unavailable (for example, too many password checks waiting); "
+    "see Retry-After.",
 }
 
 

@@ -38,6 +38,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "jwt_secret_key": TEST_SECRET,
         "database_url": f"sqlite:///{tmp_path / 'chatgate.db'}",
         "bcrypt_rounds": 4,
+        # Tests register and log in far more often than people do; the limits have
+        # their own tests (test_rate_limits.py), which turn them on.
+        "rate_limit_enabled": False,
         **overrides,
     }
     return IsolatedSettings(**values)

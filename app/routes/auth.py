@@ -12,6 +12,7 @@ from app.deps import (
     CurrentUserId,
     DbDep,
     HasherDep,
+    LimiterDep,
     TokensDep,
 )
 from app.errors import Conflict
@@ -32,7 +33,9 @@ from app.schemas import (
 )
 from app.services import accounts, logins
 
-router = APIRouter(prefix="/auth", tags=["auth"], route_class=JsonRoute)
+router = APIRouter(
+    prefix="/auth", tags=["auth"], route_class=JsonRoute, responses=error_responses(429)
+)
 
 
 def public(user: Account) -> UserPublic:
@@ -59,7 +62,7 @@ def token_response(pair: TokenPair, response: Response) -> TokenResponse:
 @router.post(
     "/register",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(409, 413, 415, 422),
+    responses=error_responses(409, 413, 415, 422, 503),
 )
 async def register(body: RegisterRequest, db: DbDep, hasher: HasherDep) -> UserResponse:
     """Create an account; emails compare without case or surrounding spaces."""
@@ -84,10 +87,11 @@ async def login(
     hasher: HasherDep,
     tokens: TokensDep,
     client: ClientInfoDep,
+    limiter: LimiterDep,
 ) -> TokenResponse:
     """Log in with JSON {email, password} or the OAuth2 password form (username = email)."""
     credentials = await read_credentials(request)
-    pair = await accounts.log_in(db, hasher, tokens, credentials, client)
+    pair = await accounts.log_in(db, hasher, tokens, credentials, client, limiter)
     return token_response(pair, response)
 
 
@@ -98,7 +102,7 @@ router.add_api_route(
     login,
     methods=["POST"],
     openapi_extra=LOGIN_BODY,
-    responses=error_responses(401, 413, 415, 422),
+    responses=error_responses(401, 413, 415, 422, 503),
     route_class_override=APIRoute,
 )
 
@@ -128,7 +132,7 @@ async def read_me(identity: CurrentIdentity) -> UserResponse:
     return UserResponse(user=public(identity.account))
 
 
-@router.post("/password", responses=error_responses(401, 403, 413, 415, 422))
+@router.post("/password", responses=error_responses(401, 403, 413, 415, 422, 503))
 async def change_password(
     body: PasswordChange, claims: CurrentClaims, db: DbDep, hasher: HasherDep
 ) -> SuccessResponse:
@@ -144,7 +148,7 @@ async def change_password(
     return SuccessResponse()
 
 
-@router.delete("/me", responses=error_responses(401, 403, 413, 415, 422))
+@router.delete("/me", responses=error_responses(401, 403, 413, 415, 422, 503))
 async def delete_me(
     body: AccountDelete, user_id: CurrentUserId, db: DbDep, hasher: HasherDep
 ) -> SuccessResponse:

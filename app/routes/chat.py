@@ -52,7 +52,7 @@ router = APIRouter(
     # costs every request (docs/performance.md). tests/test_chat.py checks that
     # every route here depends on get_current_user_id.
     route_class=JsonRoute,
-    responses=error_responses(401, 413, 415, 422),
+    responses=error_responses(401, 413, 415, 422, 429),
 )
 
 DEFAULT_TITLE = "New chat"

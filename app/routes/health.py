@@ -8,7 +8,7 @@ from app.deps import DbDep
 from app.errors import ServiceUnavailable
 from app.schemas import StatusResponse, error_responses
 
-router = APIRouter(tags=["service"])
+router = APIRouter(tags=["service"], responses=error_responses(429))
 logger = logging.getLogger("chatgate.health")
 
 

@@ -9,7 +9,7 @@ from app.deps import CurrentClaims, DbDep
 from app.errors import NotFound
 from app.schemas import LoginInfo, LoginsResponse, SuccessResponse, error_responses
 
-router = APIRouter(prefix="/auth/logins", tags=["auth"], responses=error_responses(401, 422))
+router = APIRouter(prefix="/auth/logins", tags=["auth"], responses=error_responses(401, 422, 429))
 
 
 @router.get("")

@@ -12,6 +12,7 @@ from app import repository
 from app.auth import PasswordHasher, TokenPair, TokenService
 from app.db import Database
 from app.errors import Forbidden, InvalidCredentials, Unauthorized
+from app.ratelimit import RateLimiter
 from app.schemas import LoginRequest
 from app.services import logins
 from app.services.logins import ClientInfo
@@ -26,8 +27,15 @@ async def log_in(
     tokens: TokenService,
     credentials: LoginRequest,
     client: ClientInfo,
+    limiter: RateLimiter,
 ) -> TokenPair:
-    """A new login for valid credentials; the same 401, in the same time, otherwise."""
+    """A new login for valid credentials; the same 401, in the same time, otherwise.
+
+    The target email's rate limit comes first, before the account is looked up
+    or the password checked: a throttled email answers 429 whether it has an
+    account and whether the password is right.
+    """
+    await limiter.check_login_email(credentials.email)
     user = await repository.get_local_user_by_email(db.reader(), credentials.email)
     if user is None:
         await hasher.burn_verify(credentials.password)

@@ -129,6 +129,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 T = TypeVar("T")
 WriteJob = Callable[[sqlite3.Connection], T]
+ReadJob = Callable[[sqlite3.Connection], T]  # on a read-only connection
 MAX_BATCH = 256
 
 
@@ -143,6 +144,9 @@ class Database:
         self._jobs: list[_Job[Any]] = []
         self._jobs_waiting = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._reads: list[_Job[Any]] = []
+        self._reads_waiting = asyncio.Event()
+        self._read_runners: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
         await asyncio.to_thread(_create_private, self.path)
@@ -157,12 +161,25 @@ class Database:
             for _ in range(self._read_size):
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
                 self._readers.append(await self._connect(uri, uri=True))
+            self._read_runners = [
+                asyncio.create_task(self._run_reads(reader), name="chatgate-reads")
+                for reader in self._readers
+            ]
         except BaseException:
             # aiosqlite's threads are not daemons: an unclosed connection hangs the exit.
             await self.close()
             raise
 
     async def close(self) -> None:
+        for runner in self._read_runners:
+            runner.cancel()
+        for runner in self._read_runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        self._read_runners.clear()
+        for job in self._reads:
+            job.fail(RuntimeError("database is closed"))
+        self._reads.clear()
         for reader in self._readers:
             await reader.close()
         self._readers.clear()
@@ -194,6 +211,45 @@ class Database:
             raise RuntimeError("database is not open")
         self._next_reader = (self._next_reader + 1) % len(self._readers)
         return self._readers[self._next_reader]
+
+    async def read(self, job: ReadJob[T]) -> T:
+        """Runs `job` (a function of a read-only sqlite3 connection) on a reader's thread.
+
+        For the query every authenticated request makes: reads that arrive while
+        the readers are busy go together in the next trip to a reader's thread,
+        one hop for all of them instead of one each. Each job sees the database
+        as of its own statements, as a read through `reader()` does.
+        """
+        if not self._read_runners:
+            raise RuntimeError("database is not open")
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._reads.append(_Job(job, done))
+        self._reads_waiting.set()
+        return await done
+
+    async def _run_reads(self, reader: aiosqlite.Connection) -> None:
+        while True:
+            await self._reads_waiting.wait()
+            if not self._reads:
+                self._reads_waiting.clear()
+                continue
+            batch, self._reads = self._reads[:MAX_BATCH], self._reads[MAX_BATCH:]
+            jobs = [job for job in batch if not job.done.done()]  # callers that gave up
+            try:
+                outcomes = await self._on_thread(reader, functools.partial(_run_reads, jobs))
+            except asyncio.CancelledError:
+                for job in jobs:
+                    job.fail(RuntimeError("database is closed"))
+                raise
+            except Exception as exc:
+                for job in jobs:
+                    job.fail(exc)
+                continue
+            for job, (ok, value) in zip(jobs, outcomes, strict=True):
+                if ok:
+                    job.succeed(value)
+                else:
+                    job.fail(value)
 
     async def write(self, job: WriteJob[T]) -> T:
         """Runs `job` on the writer's thread, all or nothing; returns once it is on disk.
@@ -237,19 +293,23 @@ class Database:
                         job.fail(value)
 
     async def _on_writer_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Calls `fn` with the writer's sqlite3 connection, on the writer's own thread.
+        writer = self._writer
+        if writer is None:
+            raise RuntimeError("database is not open")
+        return await self._on_thread(writer, fn)
+
+    @staticmethod
+    async def _on_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Calls `fn` with the connection's sqlite3 connection, on its own thread.
 
         aiosqlite runs every call of a connection on that connection's thread;
         `_execute` is how it does so. It is private, and this is the one place
         chatgate uses it: a whole batch then costs one hop instead of several per
-        job. tests/test_service.py exercises it, so an aiosqlite that changes it
-        fails `make test`, not production.
+        job. tests/test_write_jobs.py exercises it, so an aiosqlite that changes
+        it fails `make test`, not production.
         """
-        writer = self._writer
-        if writer is None:
-            raise RuntimeError("database is not open")
-        raw: sqlite3.Connection = writer._conn
-        result: T = await writer._execute(fn, raw)  # type: ignore[no-untyped-call]
+        raw: sqlite3.Connection = conn._conn
+        result: T = await conn._execute(fn, raw)  # type: ignore[no-untyped-call]
         return result
 
     @asynccontextmanager
@@ -344,6 +404,17 @@ def _run_batch(jobs: list[WriteJob[Any]], conn: sqlite3.Connection) -> list[tupl
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return outcomes
+
+
+def _run_reads(jobs: list[_Job[Any]], conn: sqlite3.Connection) -> list[tuple[bool, Any]]:
+    """On a reader's thread: each job in turn; one that raises leaves the others alone."""
+    outcomes: list[tuple[bool, Any]] = []
+    for job in jobs:
+        try:
+            outcomes.append((True, job.run(conn)))
+        except Exception as exc:
+            outcomes.append((False, exc))
     return outcomes
 
 

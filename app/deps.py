@@ -1,5 +1,6 @@
 """Dependencies, each an `Annotated` alias: what a route needs, by name."""
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -109,8 +110,13 @@ async def authenticate(request: Request) -> Identity:
 
 
 async def _access_state(db: Database, claims: AccessClaims) -> repository.AccessState:
-    return await repository.access_state(
-        db.reader(), user_id=claims.user_id, jti=claims.jti, family_id=claims.family_id
+    return await db.read(
+        functools.partial(
+            repository.access_state,
+            user_id=claims.user_id,
+            jti=claims.jti,
+            family_id=claims.family_id,
+        )
     )
 
 

@@ -133,3 +133,46 @@ async def test_writing_to_a_closed_database_is_an_error(tmp_path: Path) -> None:
     closed = Database(tmp_path / "closed.db")
     with pytest.raises(RuntimeError, match="not open"):
         await closed.write(add_user("x@example.com"))
+
+
+def count_users(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+
+
+def failing_read(conn: sqlite3.Connection) -> int:
+    raise ValueError("not this one")
+
+
+class TestReadJobs:
+    """Database.read: the token check's query, many requests to one trip to a reader."""
+
+    async def test_concurrent_reads_each_get_their_own_answer(self, db: Database) -> None:
+        await db.write(add_user("a@example.com"))
+        results = await asyncio.gather(*(db.read(count_users) for _ in range(50)))
+        assert results == [1] * 50
+
+    async def test_a_read_sees_what_was_committed_before_it(self, db: Database) -> None:
+        for n in range(1, 4):
+            await db.write(add_user(f"u{n}@example.com"))
+            assert await db.read(count_users) == n
+
+    async def test_a_failing_read_leaves_the_others_in_its_batch_alone(self, db: Database) -> None:
+        jobs = [db.read(count_users), db.read(failing_read), db.read(count_users)]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        assert results[0] == 0
+        assert isinstance(results[1], ValueError)
+        assert results[2] == 0
+
+    async def test_a_reader_cannot_write(self, db: Database) -> None:
+        def sneaky(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM users")
+
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await db.read(sneaky)
+
+    async def test_reads_after_close_are_refused(self, tmp_path: Path) -> None:
+        database = Database(tmp_path / "closed.db")
+        await database.open()
+        await database.close()
+        with pytest.raises(RuntimeError, match="not open"):
+            await database.read(count_users)

@@ -3,6 +3,7 @@
 A refresh token is stored as its SHA-256, never as itself.
 """
 
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,12 +160,13 @@ FROM users WHERE users.id = :user_id
 """  # noqa: S608 - a constant list of column names, no input
 
 
-async def access_state(
-    conn: aiosqlite.Connection, *, user_id: str, jti: str, family_id: str | None
+def access_state(
+    conn: sqlite3.Connection, *, user_id: str, jti: str, family_id: str | None
 ) -> AccessState:
-    """Everything a request's token depends on, and its user, in one indexed round trip."""
+    """Everything a request's token depends on, and its user, in one indexed query: a read
+    job (Database.read), which requests arriving together share a trip to the thread for."""
     params: dict[str, Any] = {"user_id": user_id, "jti": jti, "family_id": family_id}
-    row = await fetch_one(conn, _ACCESS_STATE, params)
+    row = conn.execute(_ACCESS_STATE, params).fetchone()
     if row is None:
         return AccessState(account=None, token_revoked=False)
     return AccessState(account=Account(*row[:6]), token_revoked=bool(row[6]))

@@ -80,8 +80,10 @@ class RateLimiter:
         # A Redis connection pool of our own, so that shutdown can close its sockets.
         self._pool: coredis.ConnectionPool | None = None
         options: dict[str, Any] = {}
-        if not storage_uri.removeprefix("async+").startswith("memory"):
-            self._pool = coredis.ConnectionPool.from_url(storage_uri.removeprefix("async+"))
+        plain = storage_uri.removeprefix("async+")
+        if not plain.startswith("memory"):
+            # coredis spells a socket path unix://, as `limits` does for redis+unix://.
+            self._pool = coredis.ConnectionPool.from_url(plain.replace("redis+unix", "unix", 1))
             options["connection_pool"] = self._pool
         self._storage: Storage = storage_from_string(  # type: ignore[assignment]
             async_storage_uri(storage_uri), **options

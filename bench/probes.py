@@ -32,7 +32,8 @@ def time_hash(rounds: int, n: int) -> float:
 
 
 async def burst(url: str, email: str, password: str, concurrency: int, seconds: float) -> None:
-    """CONCURRENCY clients, each logging in again as soon as its last login answers."""
+    """CONCURRENCY clients, each logging in again as soon as its last login answers
+    (or, refused with 503, once its Retry-After has passed)."""
     deadline = time.monotonic() + seconds
     statuses: dict[int, int] = {}
     limits = httpx.Limits(max_connections=concurrency)
@@ -40,10 +41,17 @@ async def burst(url: str, email: str, password: str, concurrency: int, seconds: 
 
         async def one_client() -> None:
             while time.monotonic() < deadline:
-                response = await client.post(
-                    "/auth/login", json={"email": email, "password": password}
-                )
+                try:
+                    response = await client.post(
+                        "/auth/login", json={"email": email, "password": password}
+                    )
+                except httpx.TransportError:
+                    statuses[0] = statuses.get(0, 0) + 1  # printed as 0: no answer
+                    continue
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 503:
+                    # Too many hashes waiting: a client that follows Retry-After.
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
 
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
     print(" ".join(f"{k}:{v}" for k, v in sorted(statuses.items())))  # noqa: T201

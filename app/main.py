@@ -19,6 +19,7 @@ from app.middleware import (
     BodySizeLimit,
     ClientGoneMiddleware,
     EnvelopeCORSMiddleware,
+    InFlight,
     RateLimitMiddleware,
 )
 from app.network import TrustedProxies, parse_networks
@@ -80,6 +81,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             conversation=Conversation(db, assistant),
             limiter=limiter,
         )
+        # Pushed last, so it runs first: requests still unwinding (cancelled by
+        # uvicorn's --timeout-graceful-shutdown) finish before anything closes.
+        resources.push_async_callback(app.state.in_flight.wait_idle)
         logger.info("chatgate ready; database %s", settings.database_path)
         # What start-up built lives as long as the process: out of the collector's
         # sight, a full collection stops scanning it every time. Without this, those
@@ -132,7 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jwt_secret = jwt_secret
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ClientGoneMiddleware)
+    app.state.in_flight = InFlight()
+    app.add_middleware(ClientGoneMiddleware, in_flight=app.state.in_flight)
     if settings.rate_limit_enabled:
         app.add_middleware(RateLimitMiddleware)
     if settings.cors_origins:

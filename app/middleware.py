@@ -1,5 +1,7 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streaming responses)."""
 
+import asyncio
+import contextlib
 import logging
 
 import anyio
@@ -12,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import TooManyRequests, error_response, sentence_for
 
 logger = logging.getLogger("chatgate.http")
+SHUTDOWN_WAIT_SECONDS = 10
 
 
 class BodySizeLimit:
@@ -74,16 +77,49 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
         )
 
 
+class InFlight:
+    """Requests being handled, so that shutdown can wait for them before closing
+    the database and the assistant's client under them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, seconds: float = SHUTDOWN_WAIT_SECONDS) -> None:
+        """Until no request is in flight, or `seconds` have passed.
+
+        uvicorn waits for requests itself, unless --timeout-graceful-shutdown
+        cuts them: then it cancels them and starts the shutdown while they are
+        still unwinding, and a cut stream still has its partial reply to store.
+        """
+        if self.count:
+            logger.info("waiting for %d request(s) to finish before closing", self.count)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), seconds)
+
+
 class ClientGoneMiddleware:
     """A client that hangs up mid-stream is not a server error.
 
     FastAPI's SSE writer raises BrokenResourceError (in an ExceptionGroup) when
     the client has gone while an event was being sent; after the response has
     started there is nobody to answer, so it is logged quietly, not as a 500.
+    Being around every request, it also counts them for shutdown (InFlight).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, in_flight: InFlight) -> None:
         self.app = app
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,12 +132,15 @@ class ClientGoneMiddleware:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        self.in_flight.enter()
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
             if not (started and _client_gone(exc)):
                 raise
             logger.info("client went away during %s %s", scope["method"], scope["path"])
+        finally:
+            self.in_flight.leave()
 
 
 def _client_gone(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ BENCH  := $(VENV)/.installed-bench
 HOST   ?= 127.0.0.1
 PORT   ?= 8009
 
-.PHONY: run test lint pytest install bench clean
+.PHONY: run test lint pytest install bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: lint pytest
 # Needs wrk (Debian/Ubuntu: sudo apt-get install wrk); takes about 10 minutes.
 bench: $(BENCH)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Not a test: two minutes of mixed load on a real server; fails on any 5xx or
+# memory still growing in the second half. SOAK_ARGS="--seconds 30" is quicker.
+soak: $(APP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

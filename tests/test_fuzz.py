@@ -9,14 +9,8 @@ minutes.
 """
 
 import os
-import secrets
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,7 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.server_process import ServerProcess, base_environment
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 EMAIL, PASSWORD = "fuzz@example.com", "fuzzing password 1"
 CHECKS = [
@@ -71,57 +66,16 @@ class Server:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("fuzz")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": f"sqlite:///{work / 'fuzz.db'}",
-        "JWT_SECRET_KEY": secrets.token_urlsafe(48),
-        "BCRYPT_ROUNDS": "4",
-        "RATE_LIMIT_ENABLED": "false",
-        "ASSISTANT_PROVIDER": "echo",
-        "LOG_LEVEL": "WARNING",
-    }
-    command = [
-        sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-        "--port", str(port), "--no-proxy-headers", "--log-level", "warning",
-    ]  # fmt: skip
-    log = (work / "server.log").open("w")
-    process = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not start:\n{(work / 'server.log').read_text()}")
-            time.sleep(0.1)
-        httpx.post(f"{url}/auth/register", json={"email": EMAIL, "password": PASSWORD})
-        fuzz_server = Server(url)
+    with ServerProcess(work, base_environment(work), name="fuzz") as process:
+        httpx.post(f"{process.url}/auth/register", json={"email": EMAIL, "password": PASSWORD})
+        fuzz_server = Server(process.url)
         fuzz_server.login()
         yield fuzz_server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-    server_log = (work / "server.log").read_text()
-    assert "Traceback" not in server_log, server_log[-3000:]
+        log = process.log()
+    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.network import parse_networks
+from app.network import Network, parse_networks
 from app.ratelimit import RULES, parse_rule
 
 MIN_SECRET_BYTES = 32
@@ -191,6 +191,10 @@ class Settings(BaseSettings):
         if hasattr(os, "sched_getaffinity"):
             return len(os.sched_getaffinity(0)) or 1
         return os.cpu_count() or 1
+
+    @property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def rate_limit_rules(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
 from app.db import Database
 from app.errors import SessionNotFound, Unauthorized
+from app.network import TrustedProxies
 from app.ratelimit import RateLimiter
 from app.repository import Account, SessionRecord
 from app.services.conversation import Conversation
@@ -26,6 +27,7 @@ class Services:
     tokens: TokenService
     conversation: Conversation
     limiter: RateLimiter
+    proxies: TrustedProxies
 
 
 def services_of(request: Request) -> Services:
@@ -146,9 +148,7 @@ async def get_client_info(request: Request) -> ClientInfo:
     user_agent = request.headers.get("user-agent")
     return ClientInfo(
         user_agent=user_agent[:USER_AGENT_MAX_CHARS] if user_agent else None,
-        ip=services_of(request).limiter.proxies.client_ip(request.scope)
-        if request.client
-        else None,
+        ip=services_of(request).proxies.client_ip(request.scope) if request.client else None,
     )
 
 

@@ -22,7 +22,7 @@ from app.middleware import (
     InFlight,
     RateLimitMiddleware,
 )
-from app.network import TrustedProxies, parse_networks
+from app.network import TrustedProxies
 from app.ratelimit import RateLimiter
 from app.routes import auth, chat, health, logins
 from app.routes.docs import mount_docs
@@ -60,13 +60,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         await hasher.prepare()
         tokens = _token_service(settings, app.state.jwt_secret)
+        proxies = TrustedProxies(settings.trusted_networks)
         limiter = RateLimiter(
             enabled=settings.rate_limit_enabled,
             storage_uri=settings.rate_limit_storage_uri,
             rules=settings.rate_limit_rules,
             key_prefix=settings.rate_limit_key_prefix,
             tokens=tokens,
-            proxies=TrustedProxies(parse_networks(settings.trusted_proxies)),
+            proxies=proxies,
         )
         resources.push_async_callback(limiter.aclose)
         if settings.rate_limit_enabled and not await limiter.storage_reachable():
@@ -80,6 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             tokens=tokens,
             conversation=Conversation(db, assistant),
             limiter=limiter,
+            proxies=proxies,
         )
         # Pushed last, so it runs first: requests still unwinding (cancelled by
         # uvicorn's --timeout-graceful-shutdown) finish before anything closes.

@@ -92,7 +92,7 @@ class RateLimiter:
         self._rules = {name: parse_rule(rules[name]) for name in RULES}
         self._prefix = key_prefix
         self._tokens = tokens
-        self.proxies = proxies
+        self._proxies = proxies
         self._storage_failed_at = 0.0
 
     async def check(self, rule: str, key: str) -> None:
@@ -124,7 +124,7 @@ class RateLimiter:
             if route in CHAT_WRITES:
                 await self.check("chat", user_id)
             return
-        ip = self.proxies.client_ip(scope)
+        ip = self._proxies.client_ip(scope)
         await self.check("anonymous", ip)
         rule = PER_IP.get(route)
         if rule is not None:

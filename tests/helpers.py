@@ -1,7 +1,8 @@
 """Helpers shared by the test modules: isolated settings, the test user, envelope checks."""
 
+import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +88,23 @@ async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         yield app, c
+
+
+def sse_events(lines: Iterable[str], *, complete: bool = True) -> Iterator[tuple[str, Any]]:
+    """(event, data) as an EventSource reads them, each when its blank line arrives;
+    comments (pings) skipped. With `complete`, an event left without its blank line
+    fails; without, it is dropped (a stream the test expects to be cut)."""
+    name, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif not line.startswith(":"):
+            key, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if key == "event":
+                name = value
+            elif key == "data":
+                data.append(value)
+    assert not (complete and data), "the stream must end on a blank line"

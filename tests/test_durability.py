@@ -8,7 +8,6 @@ docs/durability.md says what these tests show.
 """
 
 import contextlib
-import json
 import shutil
 import signal
 import socket
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from tests.fake_openai import FakeOpenAIServer
+from tests.helpers import sse_events
 from tests.server_process import ServerProcess, base_environment
 
 PASSWORD = "correct horse battery staple"
@@ -98,23 +98,6 @@ def all_sessions(client: httpx.Client, headers: dict[str, str]) -> list[dict[str
             return sessions
         params["cursor"] = body["next_cursor"]
     pytest.fail("the session list never reached its last page")
-
-
-def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(event, data) as each event's blank line arrives; comments (pings) skipped."""
-    name, data = "message", list[str]()
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield name, json.loads("\n".join(data))
-            name, data = "message", []
-        elif not line.startswith(":"):
-            key, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if key == "event":
-                name = value
-            elif key == "data":
-                data.append(value)
 
 
 def integrity_of(db_path: Path) -> list[str]:
@@ -242,7 +225,7 @@ def stream_one(
             # The user's message is on disk before the response starts.
             acknowledged_user = True
             ledger.ack(Ack(session_id, "user", text, None))
-            for name, data in sse_events(response):
+            for name, data in sse_events(response.iter_lines(), complete=False):
                 if name == "delta":
                     if label == "long":
                         ledger.mid_stream.set()
@@ -529,7 +512,7 @@ def slow_stream(
             ) as response,
         ):
             out.status = response.status_code
-            for event in sse_events(response):
+            for event in sse_events(response.iter_lines(), complete=False):
                 out.events.append(event)
                 out.started.set()
     except Exception as exc:  # the test asserts there was none

@@ -25,7 +25,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.conftest import SessionFactory, UserFactory
 from tests.fake_openai import FakeOpenAIServer
-from tests.helpers import User, assert_error, assert_unauthorized, make_settings
+from tests.helpers import User, assert_error, assert_unauthorized, make_settings, sse_events
 
 UNAVAILABLE = "The assistant is unavailable"
 NOT_FOUND = "Session not found or access denied"
@@ -68,22 +68,8 @@ class Event:
 
 def parse_sse(text: str) -> list[Event]:
     """Events as an EventSource reads them: fields up to a blank line, comments skipped."""
-    events: list[Event] = []
-    name, data = "message", list[str]()
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        if not line:
-            if data:
-                events.append(Event(name, json.loads("\n".join(data))))
-            name, data = "message", []
-        elif not line.startswith(":"):
-            key, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if key == "event":
-                name = value
-            elif key == "data":
-                data.append(value)
-    assert not data, "the stream must end on a blank line"
-    return events
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [Event(name, data) for name, data in sse_events(lines)]
 
 
 def rebuild_from_data_lines(lines: list[str]) -> str:

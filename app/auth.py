@@ -153,17 +153,22 @@ class TokenService:
             self._check_signature
         )
 
-    def issue_pair(self, user_id: str, family_id: str) -> TokenPair:
+    def issue_pair(self, user_id: str, family_id: str, role: str) -> TokenPair:
+        """The access token carries the user's role, for clients to read; what a request
+        may do is decided from the role stored now, so a demotion takes effect at once."""
         now = int(time.time())
+        access = self._encode(user_id, family_id, ACCESS, now, self._access_ttl, role=role)
         return TokenPair(
-            access_token=self._encode(user_id, family_id, ACCESS, now, self._access_ttl),
+            access_token=access,
             refresh_token=self._encode(user_id, family_id, REFRESH, now, self._refresh_ttl),
             expires_in=self._access_ttl,
             refresh_expires_at=now + self._refresh_ttl,
         )
 
-    def _encode(self, user_id: str, family_id: str, kind: str, now: int, ttl: int) -> str:
-        claims = {
+    def _encode(
+        self, user_id: str, family_id: str, kind: str, now: int, ttl: int, role: str | None = None
+    ) -> str:
+        claims: dict[str, Any] = {
             "sub": user_id,
             "iat": now,
             "exp": now + ttl,
@@ -172,6 +177,8 @@ class TokenService:
             "type": kind,
             "fam": family_id,
         }
+        if role is not None:
+            claims["role"] = role
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify_access(self, token: str) -> AccessClaims:

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     rate_limit_refresh: str = "30/minute"
     rate_limit_anonymous: str = "120/minute"
     trusted_proxies: Annotated[list[str], NoDecode] = []
+    registration_enabled: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("jwt_secret_key")

@@ -122,9 +122,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE messages",
         "ALTER TABLE messages_v3 RENAME TO messages",
     ),
+    # 4: administration - a disabled account keeps its data but no token of it
+    # works and it cannot log in; admins list accounts newest first.
+    (
+        "ALTER TABLE users ADD COLUMN disabled_at TEXT",
+        "CREATE INDEX ix_users_created ON users (created_at DESC, id DESC)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    def __init__(self, path: Path, version: int) -> None:
+        super().__init__(
+            f"the database {path} has schema version {version}, newer than "
+            f"this chatgate ({SCHEMA_VERSION}); upgrade chatgate instead"
+        )
 
 
 T = TypeVar("T")
@@ -355,10 +369,7 @@ class Database:
                 rows = await conn.execute_fetchall("PRAGMA user_version")
                 current = int(next(iter(rows))[0])
                 if current > SCHEMA_VERSION:
-                    raise RuntimeError(
-                        f"the database {self.path} has schema version {current}, newer than "
-                        f"this chatgate ({SCHEMA_VERSION}); upgrade chatgate instead"
-                    )
+                    raise SchemaTooNew(self.path, current)
                 if current == SCHEMA_VERSION:
                     return
                 for statement in MIGRATIONS[current]:
@@ -430,3 +441,4 @@ def _create_private(path: Path) -> None:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
             logger.warning("%s was readable by other users; its mode is now 0600", path)
+

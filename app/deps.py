@@ -9,11 +9,12 @@ from fastapi.security import OAuth2PasswordBearer
 
 from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
+from app.config import Settings
 from app.db import Database
-from app.errors import SessionNotFound, Unauthorized
+from app.errors import Forbidden, SessionNotFound, Unauthorized
 from app.network import TrustedProxies
 from app.ratelimit import RateLimiter
-from app.repository import Account, SessionRecord
+from app.repository import ADMIN, Account, SessionRecord
 from app.services.conversation import Conversation
 from app.services.logins import USER_AGENT_MAX_CHARS, ClientInfo
 
@@ -37,6 +38,11 @@ def services_of(request: Request) -> Services:
 
 # Each dependency reads what it needs straight from the request: FastAPI resolves
 # every node of a dependency tree on every request, and a deeper tree is slower.
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 async def get_db(request: Request) -> Database:
     return services_of(request).db
 
@@ -57,6 +63,7 @@ async def get_limiter(request: Request) -> RateLimiter:
     return services_of(request).limiter
 
 
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 DbDep = Annotated[Database, Depends(get_db)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 TokensDep = Annotated[TokenService, Depends(get_tokens)]
@@ -106,6 +113,8 @@ async def authenticate(request: Request) -> Identity:
         state = await _access_state(services.db, claims)
     if state.account is None:
         raise Unauthorized("user_not_found")
+    if state.account.disabled:
+        raise Unauthorized("user_disabled")
     if state.token_revoked:
         raise Unauthorized("token_revoked")
     return Identity(claims=claims, account=state.account)
@@ -142,6 +151,30 @@ async def get_access_claims(identity: CurrentIdentity) -> AccessClaims:
 
 
 CurrentClaims = Annotated[AccessClaims, Depends(get_access_claims)]
+
+
+ADMIN_ONLY = "This needs an administrator account."
+REGISTRATION_CLOSED = "Sign-up is closed here; ask an administrator for an account."
+
+
+async def get_admin(identity: CurrentIdentity) -> Identity:
+    """The caller, if they are an admin now: the role is the stored one, read with the
+    token check, so a demotion or promotion counts from the next request."""
+    if identity.account.role != ADMIN:
+        raise Forbidden(ADMIN_ONLY)
+    return identity
+
+
+CurrentAdmin = Annotated[Identity, Depends(get_admin)]
+
+
+async def registration_open(settings: SettingsDep) -> None:
+    """403 while REGISTRATION_ENABLED is false, whatever the body holds."""
+    if not settings.registration_enabled:
+        raise Forbidden(REGISTRATION_CLOSED, detail="registration_disabled")
+
+
+RegistrationOpen = Annotated[None, Depends(registration_open)]
 
 
 async def get_client_info(request: Request) -> ClientInfo:

@@ -24,7 +24,7 @@ from app.middleware import (
 )
 from app.network import TrustedProxies
 from app.ratelimit import RateLimiter
-from app.routes import auth, chat, health, logins
+from app.routes import admin, auth, chat, health, logins
 from app.routes.docs import mount_docs
 from app.services.assistant import build_assistant
 from app.services.conversation import Conversation
@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(logins.router)
     app.include_router(chat.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     mount_docs(app)
     return app

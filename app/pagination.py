@@ -23,17 +23,18 @@ def _decode(cursor: str) -> list[object]:
     return key
 
 
-def decode_session_cursor(cursor: str) -> tuple[str, str]:
-    """(updated_at, id) of the last session of the previous page."""
+def decode_keyset_cursor(cursor: str) -> tuple[str, str]:
+    """(timestamp, id) of the last row of the previous page: a session's (updated_at, id),
+    a user's (created_at, id)."""
     key = _decode(cursor)
     if len(key) != 2 or not all(isinstance(part, str) for part in key):
         raise InvalidCursor
-    updated_at, session_id = str(key[0]), str(key[1])
+    stamp, row_id = str(key[0]), str(key[1])
     try:  # a JSON "\ud800" would decode, then break SQLite's UTF-8
-        (updated_at + session_id).encode()
+        (stamp + row_id).encode()
     except UnicodeEncodeError as exc:
         raise InvalidCursor from exc
-    return updated_at, session_id
+    return stamp, row_id
 
 
 def decode_history_cursor(cursor: str) -> int:

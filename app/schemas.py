@@ -149,6 +149,23 @@ class AccountDelete(BaseModel):
     password: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_encodable)]
 
 
+Role = Literal["user", "admin"]
+
+
+class AdminUserCreate(BaseModel):
+    email: Email
+    password: Password
+    display_name: DisplayName | None = None
+    role: Role = "user"
+
+
+class AdminUserUpdate(BaseModel):
+    role: Role | None = None
+    disabled: bool | None = Field(
+        default=None, description="true: no token of the user works and they cannot log in."
+    )
+
+
 class SessionCreate(BaseModel):
     title: Title | None = None
     initial_message: MessageText | None = None
@@ -176,8 +193,16 @@ class UserPublic(Record):
     id: str
     email: str | None = Field(description="Null for users signed in by another issuer.")
     display_name: str | None
-    role: Literal["user", "admin"]
+    role: Role
     created_at: datetime
+
+
+class AdminUser(UserPublic):
+    auth_source: str = Field(description='"local", or the issuer of an external user.')
+    disabled: bool
+    disabled_at: datetime | None
+    session_count: int
+    message_count: int
 
 
 class LoginInfo(Record):
@@ -255,6 +280,27 @@ class MessageExchangeResponse(SuccessResponse):
     assistant_message: ChatMessage
 
 
+class AdminUserResponse(SuccessResponse):
+    user: AdminUser
+
+
+class AdminUserListResponse(SuccessResponse):
+    users: list[AdminUser]
+    count: int = Field(description="Number of users in this page.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class StatsResponse(SuccessResponse):
+    users: int
+    admins: int
+    disabled_users: int
+    sessions: int
+    messages: int
+    messages_last_day: int = Field(description="Messages written in the last 24 hours.")
+
+
 class StatusResponse(SuccessResponse):
     status: str
 
@@ -267,7 +313,7 @@ class ErrorResponse(BaseModel):
 
 _ERROR_DESCRIPTIONS = {
     401: "Missing, invalid, expired or revoked token (or, for login, invalid credentials).",
-    403: "Not allowed (for example, a wrong current password).",
+    403: "Not allowed (for example, a wrong current password, or not an administrator).",
     404: "Not found, or not yours.",
     409: "Conflicts with existing data.",
     413: "Request body too large.",

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from jose import jwt
 from pydantic import ValidationError
 
@@ -399,6 +400,28 @@ class TestDjangoAccount:
 
         assert_error(ended, 404)
         assert (await client.get("/auth/me", headers=alice.headers)).status_code == 200
+
+
+class TestAdministeringDjangoUsers:
+    async def test_a_disabled_django_user_is_refused_even_with_a_fresh_token(
+        self, app: FastAPI, client: httpx.AsyncClient, django_site: DjangoSite
+    ) -> None:
+        from app.services import admin
+
+        token = django_site.token()
+        user = await me(client, token)
+        db = app.state.services.db
+        await admin.update_user(db, actor_id=None, user_id=user["id"], disabled=True)
+
+        # Nothing of a Django login lives here to end: the disabled flag alone refuses them.
+        assert_unauthorized(
+            await client.get("/chat/sessions", headers=bearer(token)), "user_disabled"
+        )
+        fresh = django_site.token()
+        assert_unauthorized(await client.get("/auth/me", headers=bearer(fresh)), "user_disabled")
+
+        await admin.update_user(db, actor_id=None, user_id=user["id"], disabled=False)
+        assert (await client.get("/auth/me", headers=bearer(fresh))).status_code == 200
 
 
 class TestDjangoTokenChecks:

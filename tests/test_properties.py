@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from app.auth import TokenService
 from app.errors import InvalidCursor, Unauthorized
-from app.pagination import decode_history_cursor, decode_session_cursor, encode_cursor
+from app.pagination import decode_history_cursor, decode_keyset_cursor, encode_cursor
 from app.schemas import LoginRequest, RegisterRequest, normalize_email
 
 PROPERTIES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -32,7 +32,7 @@ class TestCursors:
     def test_a_session_cursor_gives_back_what_it_was_made_of(
         self, updated_at: str, session_id: str
     ) -> None:
-        assert decode_session_cursor(encode_cursor(updated_at, session_id)) == (
+        assert decode_keyset_cursor(encode_cursor(updated_at, session_id)) == (
             updated_at,
             session_id,
         )
@@ -45,7 +45,7 @@ class TestCursors:
     @PROPERTIES
     @given(cursor=st.text() | st.binary().map(lambda b: base64.urlsafe_b64encode(b).decode()))
     def test_any_other_string_is_an_invalid_cursor_and_nothing_else(self, cursor: str) -> None:
-        for decode in (decode_session_cursor, decode_history_cursor):
+        for decode in (decode_keyset_cursor, decode_history_cursor):
             with contextlib.suppress(InvalidCursor):  # any other exception fails the test
                 decode(cursor)
 
@@ -105,7 +105,7 @@ class TestTokens:
     @PROPERTIES
     @given(position=st.integers(min_value=0), replacement=st.characters(codec="ascii"))
     def test_a_token_changed_anywhere_is_refused(self, position: int, replacement: str) -> None:
-        token = self.tokens.issue_pair("user-1", "family-1").access_token
+        token = self.tokens.issue_pair("user-1", "family-1", "user").access_token
         position %= len(token)
         assume(token[position] != replacement)
         tampered = token[:position] + replacement + token[position + 1 :]
@@ -123,7 +123,7 @@ class TestTokens:
     @PROPERTIES
     @given(token=st.sampled_from(["access", "refresh"]))
     def test_only_an_access_token_is_an_access_token(self, token: str) -> None:
-        pair = self.tokens.issue_pair("user-1", "family-1")
+        pair = self.tokens.issue_pair("user-1", "family-1", "user")
         if token == "access":
             assert self.tokens.verify_access(pair.access_token).user_id == "user-1"
         else:

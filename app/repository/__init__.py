@@ -3,6 +3,13 @@
 Callers pass the connection and own the transaction.
 """
 
+from app.repository.admin import (
+    ServiceStats,
+    UserSummary,
+    get_user_summary,
+    list_users,
+    service_stats,
+)
 from app.repository.chats import (
     MessageRecord,
     SessionRecord,
@@ -34,6 +41,9 @@ from app.repository.tokens import (
     touch_family,
 )
 from app.repository.users import (
+    ADMIN,
+    ROLES,
+    USER,
     Account,
     DuplicateEmail,
     UserRecord,
@@ -44,18 +54,25 @@ from app.repository.users import (
     get_password_hash,
     get_user_by_id,
     insert_user,
+    set_disabled,
+    set_role,
     update_password_hash,
 )
 
 __all__ = [
+    "ADMIN",
+    "ROLES",
+    "USER",
     "AccessState",
     "Account",
     "DuplicateEmail",
     "LoginRecord",
     "MessageRecord",
     "RefreshRecord",
+    "ServiceStats",
     "SessionRecord",
     "UserRecord",
+    "UserSummary",
     "access_state",
     "add_exchange",
     "add_message",
@@ -70,11 +87,13 @@ __all__ = [
     "get_password_hash",
     "get_refresh_token",
     "get_user_by_id",
+    "get_user_summary",
     "insert_session",
     "insert_user",
     "list_active_families",
     "list_messages",
     "list_sessions",
+    "list_users",
     "mark_refresh_token_used",
     "new_id",
     "purge_expired",
@@ -83,6 +102,9 @@ __all__ = [
     "revoke_access_token",
     "revoke_family",
     "revoke_other_families",
+    "service_stats",
+    "set_disabled",
+    "set_role",
     "touch_family",
     "update_password_hash",
     "utc_from_epoch",

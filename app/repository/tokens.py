@@ -10,7 +10,7 @@ from typing import Any
 import aiosqlite
 
 from app.repository.common import fetch_all, fetch_one, utc_now
-from app.repository.users import ACCOUNT_COLUMNS, Account
+from app.repository.users import ACCOUNT_COLUMNS, ACCOUNT_WIDTH, Account
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,8 @@ class RefreshRecord:
     user_id: str
     used_at: str | None
     family_revoked: bool
+    role: str  # the user's, now: the new access token carries it
+    user_disabled: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +69,16 @@ async def add_refresh_token(
 async def get_refresh_token(conn: aiosqlite.Connection, token_hash: str) -> RefreshRecord | None:
     row = await fetch_one(
         conn,
-        "SELECT r.family_id, f.user_id, r.used_at, f.revoked_at IS NOT NULL"
+        "SELECT r.family_id, f.user_id, r.used_at, f.revoked_at IS NOT NULL,"
+        " u.role, u.disabled_at IS NOT NULL"
         " FROM refresh_tokens r JOIN login_families f ON f.id = r.family_id"
+        " JOIN users u ON u.id = f.user_id"
         " WHERE r.token_hash = ?",
         (token_hash,),
     )
-    return RefreshRecord(row[0], row[1], row[2], bool(row[3])) if row else None
+    return (
+        RefreshRecord(row[0], row[1], row[2], bool(row[3]), row[4], bool(row[5])) if row else None
+    )
 
 
 async def mark_refresh_token_used(conn: aiosqlite.Connection, token_hash: str) -> None:
@@ -169,4 +175,6 @@ def access_state(
     row = conn.execute(_ACCESS_STATE, params).fetchone()
     if row is None:
         return AccessState(account=None, token_revoked=False)
-    return AccessState(account=Account(*row[:6]), token_revoked=bool(row[6]))
+    return AccessState(
+        account=Account(*row[:ACCOUNT_WIDTH]), token_revoked=bool(row[ACCOUNT_WIDTH])
+    )

@@ -9,6 +9,8 @@ import aiosqlite
 from app.repository.common import fetch_one, new_id, utc_now
 
 LOCAL = "local"
+USER, ADMIN = "user", "admin"
+ROLES = (USER, ADMIN)
 # Stored as the hash of users from another issuer: no password ever verifies against it.
 NO_PASSWORD = "!"  # noqa: S105
 
@@ -27,10 +29,15 @@ class Account:
     role: str
     created_at: str
     auth_source: str
+    disabled_at: str | None
 
     @property
     def is_local(self) -> bool:
         return self.auth_source == LOCAL
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +48,12 @@ class UserRecord(Account):
 
 
 ACCOUNT_COLUMNS = (
-    "users.id, users.email, users.display_name, users.role, users.created_at, users.auth_source"
+    "users.id, users.email, users.display_name, users.role, users.created_at,"
+    " users.auth_source, users.disabled_at"
 )
+ACCOUNT_WIDTH = 7
 
-_SELECT_USER = (
-    "SELECT id, email, display_name, role, created_at, auth_source, password_hash FROM users"
-)
+_SELECT_USER = f"SELECT {ACCOUNT_COLUMNS}, users.password_hash FROM users"  # noqa: S608 - constant
 
 
 def _user(row: Any) -> UserRecord:
@@ -54,9 +61,14 @@ def _user(row: Any) -> UserRecord:
 
 
 async def insert_user(
-    conn: aiosqlite.Connection, *, email: str, password_hash: str, display_name: str | None
+    conn: aiosqlite.Connection,
+    *,
+    email: str,
+    password_hash: str,
+    display_name: str | None,
+    role: str = USER,
 ) -> UserRecord:
-    user = UserRecord(new_id(), email, display_name, "user", utc_now(), LOCAL, password_hash)
+    user = UserRecord(new_id(), email, display_name, role, utc_now(), LOCAL, None, password_hash)
     try:
         await conn.execute(
             "INSERT INTO users"
@@ -119,6 +131,21 @@ async def delete_user(conn: aiosqlite.Connection, user_id: str) -> bool:
     return (
         await fetch_one(conn, "DELETE FROM users WHERE id = ? RETURNING id", (user_id,)) is not None
     )
+
+
+async def set_role(conn: aiosqlite.Connection, user_id: str, role: str) -> bool:
+    """False when there is no such user."""
+    sql = "UPDATE users SET role = ? WHERE id = ? RETURNING id"
+    return await fetch_one(conn, sql, (role, user_id)) is not None
+
+
+async def set_disabled(conn: aiosqlite.Connection, user_id: str, disabled: bool) -> bool:
+    """Disables (keeping the first time it was) or enables; False when there is no such user."""
+    sql = (
+        "UPDATE users SET disabled_at = CASE WHEN ? THEN coalesce(disabled_at, ?) END"
+        " WHERE id = ? RETURNING id"
+    )
+    return await fetch_one(conn, sql, (disabled, utc_now(), user_id)) is not None
 
 
 async def email_taken(conn: aiosqlite.Connection, email: str) -> bool:

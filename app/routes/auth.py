@@ -3,7 +3,6 @@
 from fastapi import APIRouter, Request, Response, status
 from fastapi.routing import APIRoute
 
-from app import repository
 from app.auth import TokenPair
 from app.deps import (
     ClientInfoDep,
@@ -13,9 +12,9 @@ from app.deps import (
     DbDep,
     HasherDep,
     LimiterDep,
+    RegistrationOpen,
     TokensDep,
 )
-from app.errors import Conflict
 from app.repository import Account
 from app.routes.credentials import LOGIN_BODY, read_credentials
 from app.routes.json_route import JsonRoute
@@ -31,7 +30,7 @@ from app.schemas import (
     UserResponse,
     error_responses,
 )
-from app.services import accounts, logins
+from app.services import accounts, admin, logins
 
 router = APIRouter(
     prefix="/auth", tags=["auth"], route_class=JsonRoute, responses=error_responses(429)
@@ -62,21 +61,16 @@ def token_response(pair: TokenPair, response: Response) -> TokenResponse:
 @router.post(
     "/register",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(409, 413, 415, 422, 503),
+    responses=error_responses(403, 409, 413, 415, 422, 503),
 )
-async def register(body: RegisterRequest, db: DbDep, hasher: HasherDep) -> UserResponse:
-    """Create an account; emails compare without case or surrounding spaces."""
-    taken = await repository.email_taken(db.reader(), body.email)
-    if taken:
-        raise Conflict("User already exists")
-    password_hash = await hasher.hash(body.password)
-    try:
-        async with db.transaction() as conn:
-            user = await repository.insert_user(
-                conn, email=body.email, password_hash=password_hash, display_name=body.display_name
-            )
-    except repository.DuplicateEmail:
-        raise Conflict("User already exists") from None
+async def register(
+    _: RegistrationOpen, body: RegisterRequest, db: DbDep, hasher: HasherDep
+) -> UserResponse:
+    """Create an account; emails compare without case or surrounding spaces.
+    403 while sign-up is closed (REGISTRATION_ENABLED=false): admins create accounts."""
+    user = await admin.create_user(
+        db, hasher, email=body.email, password=body.password, display_name=body.display_name
+    )
     return UserResponse(user=public(user))
 
 

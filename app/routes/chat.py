@@ -18,7 +18,7 @@ from app.deps import (
     OwnedSession,
 )
 from app.errors import AssistantUnavailable, SessionNotFound
-from app.pagination import decode_history_cursor, decode_session_cursor, encode_cursor
+from app.pagination import decode_history_cursor, decode_keyset_cursor, encode_cursor
 from app.repository import MessageRecord
 from app.routes.json_route import JsonRoute
 from app.schemas import (
@@ -179,7 +179,7 @@ async def list_sessions(
     cursor: Cursor = None,
 ) -> SessionListResponse:
     """Your sessions, most recent activity first, a page at a time."""
-    before = decode_session_cursor(cursor) if cursor else None
+    before = decode_keyset_cursor(cursor) if cursor else None
     rows = await repository.list_sessions(db.reader(), user_id, limit=limit + 1, before=before)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit else None

@@ -18,6 +18,7 @@ from app.services import logins
 from app.services.logins import ClientInfo
 
 WRONG_PASSWORD = "The password is not correct."  # noqa: S105 - a message
+ACCOUNT_DISABLED = "This account is disabled; ask an administrator to enable it."
 EXTERNAL_ACCOUNT = "This account belongs to another sign-in service; manage it there."
 
 
@@ -33,7 +34,8 @@ async def log_in(
 
     The target email's rate limit comes first, before the account is looked up
     or the password checked: a throttled email answers 429 whether it has an
-    account and whether the password is right.
+    account and whether the password is right. A disabled account answers 403,
+    but only to its right password.
     """
     await limiter.check_login_email(credentials.email)
     user = await repository.get_local_user_by_email(db.reader(), credentials.email)
@@ -44,11 +46,17 @@ async def log_in(
     if not matches:
         raise InvalidCredentials
     async with db.transaction() as conn:
-        if await repository.get_password_hash(conn, user.id) != user.password_hash:
+        current = await repository.get_user_by_id(conn, user.id)
+        if current is None or current.password_hash != user.password_hash:
             raise InvalidCredentials  # changed or deleted while we were hashing
+        if current.disabled:
+            # Only with the right password: it tells nothing to someone guessing.
+            raise Forbidden(ACCOUNT_DISABLED, detail="account_disabled")
         if upgraded is not None:
             await repository.update_password_hash(conn, user.id, upgraded)
-        return await logins.start_login(conn, tokens, user_id=user.id, client=client)
+        return await logins.start_login(
+            conn, tokens, user_id=user.id, role=current.role, client=client
+        )
 
 
 async def _confirmed(db: Database, hasher: PasswordHasher, user_id: str, password: str) -> str:

@@ -30,11 +30,16 @@ def token_hash(token: str) -> str:
 
 
 async def start_login(
-    conn: aiosqlite.Connection, tokens: TokenService, *, user_id: str, client: ClientInfo
+    conn: aiosqlite.Connection,
+    tokens: TokenService,
+    *,
+    user_id: str,
+    role: str,
+    client: ClientInfo,
 ) -> TokenPair:
     """A new login (family) and its first pair, inside the caller's transaction."""
     family_id = repository.new_id()
-    pair = tokens.issue_pair(user_id, family_id)
+    pair = tokens.issue_pair(user_id, family_id, role)
     expires_at = repository.utc_from_epoch(pair.refresh_expires_at)
     # A token is accepted until exp + skew: its revocation must outlive that.
     await repository.purge_expired(conn, int(time.time()) - CLOCK_SKEW_SECONDS)
@@ -67,8 +72,10 @@ async def rotate(
             raise Unauthorized("invalid_token")
         if record.family_revoked:
             raise Unauthorized("token_revoked")
+        if record.user_disabled:
+            raise Unauthorized("user_disabled")
         if record.used_at is None:
-            pair = tokens.issue_pair(record.user_id, record.family_id)
+            pair = tokens.issue_pair(record.user_id, record.family_id, record.role)
             expires_at = repository.utc_from_epoch(pair.refresh_expires_at)
             await repository.mark_refresh_token_used(conn, digest)
             await repository.add_refresh_token(

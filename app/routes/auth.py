@@ -96,7 +96,7 @@ router.add_api_route(
     login,
     methods=["POST"],
     openapi_extra=LOGIN_BODY,
-    responses=error_responses(401, 413, 415, 422, 503),
+    responses=error_responses(401, 403, 413, 415, 422, 503),
     route_class_override=APIRoute,
 )
 

@@ -11,7 +11,7 @@ BENCH  := $(VENV)/.installed-bench
 HOST   ?= 127.0.0.1
 PORT   ?= 8009
 
-.PHONY: run test lint pytest install bench soak clean
+.PHONY: run setup test lint pytest install bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,12 @@ $(BENCH): pyproject.toml | $(BIN)/python
 
 install: $(DEV)
 
-# --no-proxy-headers: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1.
+# What `make run` does before serving: .venv with chatgate and its `chatgate` command.
+setup: $(APP)
+
+# `chatgate serve` is uvicorn without proxy headers (TRUSTED_PROXIES decides those).
 run: $(APP)
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-proxy-headers
+	$(BIN)/chatgate serve --host $(HOST) --port $(PORT)
 
 lint: $(DEV)
 	$(BIN)/ruff check app tests scripts bench

@@ -1,4 +1,5 @@
-"""The Database: the one place that opens SQLite connections and runs migrations.
+"""The Database: the one place the service opens SQLite connections and runs migrations
+(app/backup.py copies the file, for the operator's backup and restore commands).
 
 One writer connection, guarded by a lock, carries every transaction: an `await`
 between two statements cannot let another request's statements into it.
@@ -441,4 +442,3 @@ def _create_private(path: Path) -> None:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
             logger.warning("%s was readable by other users; its mode is now 0600", path)
-

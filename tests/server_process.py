@@ -43,6 +43,14 @@ def base_environment(data_dir: Path) -> dict[str, str]:
     }
 
 
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """A child process's whole environment: the bare minimum inherited, then `env`."""
+    full = {name: os.environ[name] for name in _INHERITED if name in os.environ}
+    full.update(env)
+    full["PYTHONPATH"] = str(REPO_ROOT)
+    return full
+
+
 class ServerProcess:
     """One run of chatgate under uvicorn in a child process, on a free loopback port.
 
@@ -85,9 +93,7 @@ class ServerProcess:
         return self._process
 
     def start(self) -> None:
-        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        env.update(self.env)
-        env["PYTHONPATH"] = str(REPO_ROOT)
+        env = child_environment(self.env)
         command = [
             sys.executable,
             "-m",

@@ -2,7 +2,9 @@
 
 A real server (uvicorn in a subprocess, as users run it) on a throwaway data
 file; schemathesis generates requests for every operation, authenticated as
-a real user, with real session ids fed to the id parameters half the time,
+a real user who is an admin (so the admin routes' own handling is fuzzed, not
+only their 403; tests/test_admin.py covers non-admins), with real session and
+user ids fed to the id parameters half the time,
 with valid data (positive) and invalid data (negative) for each operation.
 FUZZ_EXAMPLES (default 50 per operation and kind) bounds the run to one or two
 minutes.
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
+from tests.cli_process import chatgate
 from tests.server_process import ServerProcess, base_environment
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
@@ -38,6 +41,7 @@ class Server:
     url: str
     token: str = ""
     sessions: list[str] = field(default_factory=list)
+    users_made: int = 0
 
     def login(self) -> None:
         r = httpx.post(f"{self.url}/auth/login", json={"email": EMAIL, "password": PASSWORD})
@@ -61,6 +65,18 @@ class Server:
         session_id: str = r.json()["session"]["id"]
         return session_id
 
+    def fresh_user(self) -> str:
+        """Another account (fuzzed deletes and disables act on it, never on ours)."""
+        self.users_made += 1
+        r = httpx.post(
+            f"{self.url}/admin/users",
+            json={"email": f"target{self.users_made}@example.com", "password": PASSWORD},
+            headers=self.headers,
+        )
+        r.raise_for_status()
+        user_id: str = r.json()["user"]["id"]
+        return user_id
+
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -71,6 +87,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("fuzz")
     with ServerProcess(work, base_environment(work), name="fuzz") as process:
         httpx.post(f"{process.url}/auth/register", json={"email": EMAIL, "password": PASSWORD})
+        promoted = chatgate(work, process.env, "set-role", "--email", EMAIL, "admin")
+        assert promoted.status == 0, promoted.stderr
         fuzz_server = Server(process.url)
         fuzz_server.login()
         yield fuzz_server
@@ -108,6 +126,8 @@ def test_every_operation_answers_as_its_schema_says(
             # Half the cases (by the generated id's length, so runs repeat) get a real id.
             if "session_id" in path_parameters and len(str(path_parameters["session_id"])) % 2:
                 path_parameters["session_id"] = server.fresh_session()
+            if "user_id" in path_parameters and len(str(path_parameters["user_id"])) % 2:
+                path_parameters["user_id"] = server.fresh_user()
             case.call_and_validate(headers=server.headers, checks=CHECKS, timeout=30)
 
         try:

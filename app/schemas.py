@@ -230,6 +230,11 @@ class ChatMessage(Record):
     created_at: datetime
 
 
+NextCursor = Annotated[
+    str | None, Field(description="Pass as `cursor` for the next page; null at the end.")
+]
+
+
 class SuccessResponse(BaseModel):
     success: Literal[True] = True
 
@@ -261,17 +266,13 @@ class SessionCreatedResponse(SuccessResponse):
 class SessionListResponse(SuccessResponse):
     sessions: list[ChatSession]
     count: int = Field(description="Number of sessions in this page.")
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null at the end."
-    )
+    next_cursor: NextCursor
 
 
 class HistoryResponse(SuccessResponse):
     session_id: str
     messages: list[ChatMessage]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null at the end."
-    )
+    next_cursor: NextCursor
 
 
 class MessageExchangeResponse(SuccessResponse):
@@ -287,9 +288,7 @@ class AdminUserResponse(SuccessResponse):
 class AdminUserListResponse(SuccessResponse):
     users: list[AdminUser]
     count: int = Field(description="Number of users in this page.")
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null at the end."
-    )
+    next_cursor: NextCursor
 
 
 class StatsResponse(SuccessResponse):

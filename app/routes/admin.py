@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Path, Query, status
 from app.deps import CurrentAdmin, DbDep, HasherDep, get_admin
 from app.pagination import decode_keyset_cursor, encode_cursor
 from app.repository import UserSummary
+from app.routes.auth import public
 from app.routes.json_route import JsonRoute
 from app.schemas import (
     EMAIL_MAX_CHARS,
@@ -37,11 +38,7 @@ UserId = Annotated[str, Path(max_length=200, description="The user's id.")]
 
 def admin_view(user: UserSummary) -> AdminUser:
     return AdminUser(
-        id=user.id,
-        email=user.email if user.is_local else None,
-        display_name=user.display_name,
-        role=user.role,
-        created_at=user.created_at,
+        **public(user).model_dump(),
         auth_source=user.auth_source,
         disabled=user.disabled,
         disabled_at=user.disabled_at,

@@ -108,6 +108,7 @@ class AccessClaims:
     expires_at: int
     family_id: str | None  # the login it descends from; None for external tokens
     external: bool = False
+    issued_at: int | None = None  # `iat`, kept for external tokens (simplejwt writes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +288,7 @@ def _external_claims(claims: Mapping[str, Any], issuer: ExternalIssuer) -> Acces
     jti = claims.get("jti")
     if not _short_text(jti):
         raise Unauthorized("invalid_token")
-    exp, _ = _checked_times(claims, require_iat=False)
+    exp, iat = _checked_times(claims, require_iat=False)
     user = claims.get(issuer.user_id_claim)
     # simplejwt <= 5.5.0 writes an int id, >= 5.5.1 str(id): 42 and "42" are one user,
     # while "007" stays distinct from "7" (text primary keys are written as they are).
@@ -305,4 +306,5 @@ def _external_claims(claims: Mapping[str, Any], issuer: ExternalIssuer) -> Acces
         expires_at=exp,
         family_id=None,
         external=True,
+        issued_at=iat,
     )

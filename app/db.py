@@ -124,9 +124,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE messages_v3 RENAME TO messages",
     ),
     # 4: administration - a disabled account keeps its data but no token of it
-    # works and it cannot log in; admins list accounts newest first.
+    # works and it cannot log in; admins list accounts newest first. Tokens from
+    # another issuer have no login here to end: those issued before the last
+    # disable (tokens_not_before, epoch seconds) stay refused after an enable.
     (
         "ALTER TABLE users ADD COLUMN disabled_at TEXT",
+        "ALTER TABLE users ADD COLUMN tokens_not_before INTEGER",
         "CREATE INDEX ix_users_created ON users (created_at DESC, id DESC)",
     ),
 )

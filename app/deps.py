@@ -11,7 +11,7 @@ from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
 from app.config import Settings
 from app.db import Database
-from app.errors import Forbidden, SessionNotFound, Unauthorized
+from app.errors import AdminOnly, Forbidden, SessionNotFound, Unauthorized
 from app.network import TrustedProxies
 from app.ratelimit import RateLimiter
 from app.repository import ADMIN, Account, SessionRecord
@@ -115,9 +115,17 @@ async def authenticate(request: Request) -> Identity:
         raise Unauthorized("user_not_found")
     if state.account.disabled:
         raise Unauthorized("user_disabled")
-    if state.token_revoked:
+    if state.token_revoked or _issued_before_a_disable(claims, state.tokens_not_before):
         raise Unauthorized("token_revoked")
     return Identity(claims=claims, account=state.account)
+
+
+def _issued_before_a_disable(claims: AccessClaims, not_before: int | None) -> bool:
+    """An external token from before the user was last disabled: ours end with their
+    login, which disabling ended; another issuer's have no login here to end."""
+    if not claims.external or not_before is None:
+        return False
+    return claims.issued_at is None or claims.issued_at <= not_before
 
 
 async def _access_state(db: Database, claims: AccessClaims) -> repository.AccessState:
@@ -153,7 +161,6 @@ async def get_access_claims(identity: CurrentIdentity) -> AccessClaims:
 CurrentClaims = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
-ADMIN_ONLY = "This needs an administrator account."
 REGISTRATION_CLOSED = "Sign-up is closed here; ask an administrator for an account."
 
 
@@ -161,7 +168,7 @@ async def get_admin(identity: CurrentIdentity) -> Identity:
     """The caller, if they are an admin now: the role is the stored one, read with the
     token check, so a demotion or promotion counts from the next request."""
     if identity.account.role != ADMIN:
-        raise Forbidden(ADMIN_ONLY)
+        raise AdminOnly
     return identity
 
 

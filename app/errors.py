@@ -72,6 +72,10 @@ class Forbidden(AppError):
     message = _SENTENCES[403]
 
 
+class AdminOnly(Forbidden):
+    message = "This needs an administrator account."
+
+
 class NotFound(AppError):
     status_code = 404
     message = _SENTENCES[404]

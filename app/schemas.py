@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     WithJsonSchema,
 )
 
@@ -161,7 +162,7 @@ class AdminUserCreate(BaseModel):
 
 class AdminUserUpdate(BaseModel):
     role: Role | None = None
-    disabled: bool | None = Field(
+    disabled: StrictBool | None = Field(
         default=None, description="true: no token of the user works and they cannot log in."
     )
 

@@ -1,5 +1,6 @@
 """Roles and administration: the admin API, disabled accounts, closed sign-up."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,16 @@ class TestGuard:
         assert response.status_code in (200, 201), response.text
         assert response.json()["success"] is True
 
+    async def test_a_user_sending_a_non_json_body_still_gets_the_403(
+        self, client: httpx.AsyncClient, alice: User
+    ) -> None:
+        response = await client.post(
+            "/admin/users",
+            content=b"email=x",
+            headers={**alice.headers, "Content-Type": "text/plain"},
+        )
+        assert_error(response, 403, ADMIN_ONLY)
+
     def test_the_route_list_above_is_every_admin_route(self, app: FastAPI) -> None:
         from app.routes.admin import router
 
@@ -204,11 +215,25 @@ class TestRoles:
         assert_error(response, 409)
         assert (await me(client, root)).json()["user"]["role"] == "admin"
 
+    async def test_two_admins_disabling_each_other_at_once_leave_one_in_charge(
+        self, client: httpx.AsyncClient, root: User, make_admin: UserFactory
+    ) -> None:
+        other = await make_admin("other-admin@example.com")
+        first, second = await asyncio.gather(
+            client.post(f"/admin/users/{other.id}/disable", headers=root.headers),
+            client.post(f"/admin/users/{root.id}/disable", headers=other.headers),
+        )
+        assert sorted([first.status_code, second.status_code]) == [200, 403]
+        survivors = [u for u in (root, other) if (await me(client, u)).status_code == 200]
+        assert len(survivors) == 1
+        stats = await client.get("/admin/stats", headers=survivors[0].headers)
+        assert stats.json()["disabled_users"] == 1
+
     @pytest.mark.parametrize("role", ["root", "ADMIN", "", None, 1])
     async def test_an_unknown_role_is_a_422(
         self, client: httpx.AsyncClient, root: User, bob: User, role: Any
     ) -> None:
-        body = {"role": role} if role is not None else {"role": None, "disabled": "maybe"}
+        body = {"role": role} if role is not None else {"role": None, "disabled": "yes"}
         response = await client.patch(f"/admin/users/{bob.id}", json=body, headers=root.headers)
         assert_error(response, 422)
         assert (await me(client, bob)).json()["user"]["role"] == "user"
@@ -289,6 +314,20 @@ class TestListUsers:
         response = await client.get("/admin/users", params={"email": query}, headers=root.headers)
         emails = [u["email"] for u in response.json()["users"]]
         assert emails == expected
+
+    async def test_the_search_finds_only_emails_not_other_issuers_ids(
+        self, app: FastAPI, client: httpx.AsyncClient, root: User
+    ) -> None:
+        from app import repository
+
+        async with app.state.services.db.transaction() as conn:
+            await repository.ensure_external_user(conn, "django:7", "django")
+        response = await client.get(
+            "/admin/users", params={"email": "django"}, headers=root.headers
+        )
+        assert response.json()["users"] == []
+        listed = (await client.get("/admin/users", headers=root.headers)).json()["users"]
+        assert "django:7" in [u["id"] for u in listed]
 
     async def test_a_forged_cursor_is_a_422(self, client: httpx.AsyncClient, root: User) -> None:
         response = await client.get(

@@ -410,18 +410,31 @@ class TestAdministeringDjangoUsers:
 
         token = django_site.token()
         user = await me(client, token)
-        db = app.state.services.db
-        await admin.update_user(db, actor_id=None, user_id=user["id"], disabled=True)
-
-        # Nothing of a Django login lives here to end: the disabled flag alone refuses them.
-        assert_unauthorized(
-            await client.get("/chat/sessions", headers=bearer(token)), "user_disabled"
+        await admin.update_user(
+            app.state.services.db, actor_id=None, user_id=user["id"], disabled=True
         )
+
+        # Nothing of a Django login lives here to end: the disabled flag refuses them.
+        sessions = await client.get("/chat/sessions", headers=bearer(token))
+        assert_unauthorized(sessions, "user_disabled")
         fresh = django_site.token()
         assert_unauthorized(await client.get("/auth/me", headers=bearer(fresh)), "user_disabled")
 
+    async def test_enabling_again_does_not_bring_back_tokens_from_before(
+        self, app: FastAPI, client: httpx.AsyncClient, django_site: DjangoSite
+    ) -> None:
+        from app.services import admin
+
+        db = app.state.services.db
+        before = django_site.token()
+        user = await me(client, before)
+        await admin.update_user(db, actor_id=None, user_id=user["id"], disabled=True)
         await admin.update_user(db, actor_id=None, user_id=user["id"], disabled=False)
-        assert (await client.get("/auth/me", headers=bearer(fresh))).status_code == 200
+
+        assert_unauthorized(await client.get("/auth/me", headers=bearer(before)), "token_revoked")
+        # What Django issues from now on works (iat a second ahead: this test is quick).
+        after = django_site.token(iat=int(time.time()) + 1)
+        assert (await client.get("/auth/me", headers=bearer(after))).status_code == 200
 
 
 class TestDjangoTokenChecks:

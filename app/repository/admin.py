@@ -32,7 +32,8 @@ SELECT {ACCOUNT_COLUMNS},
     (SELECT coalesce(sum(s.message_count), 0) FROM chat_sessions s WHERE s.user_id = users.id)
 FROM users
 """  # noqa: S608 - a constant list of column names, no input
-_EMAIL_CONTAINS = "instr(users.email, :email) > 0"
+# Only local accounts have an email; another issuer's users keep their id in that column.
+_EMAIL_CONTAINS = "users.auth_source = 'local' AND instr(users.email, :email) > 0"
 _AFTER_CURSOR = "(users.created_at, users.id) < (:created_at, :id)"
 _NEWEST_FIRST = " ORDER BY users.created_at DESC, users.id DESC LIMIT :limit"
 

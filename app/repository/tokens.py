@@ -36,6 +36,7 @@ class RefreshRecord:
 class AccessState:
     account: Account | None  # None: the user no longer exists
     token_revoked: bool
+    tokens_not_before: int | None = None  # external tokens issued until then are refused
 
 
 async def create_family(
@@ -161,7 +162,8 @@ SELECT
     OR (:family_id IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM login_families
         WHERE id = :family_id AND user_id = :user_id AND revoked_at IS NULL
-    ))
+    )),
+    users.tokens_not_before
 FROM users WHERE users.id = :user_id
 """  # noqa: S608 - a constant list of column names, no input
 
@@ -176,5 +178,7 @@ def access_state(
     if row is None:
         return AccessState(account=None, token_revoked=False)
     return AccessState(
-        account=Account(*row[:ACCOUNT_WIDTH]), token_revoked=bool(row[ACCOUNT_WIDTH])
+        account=Account(*row[:ACCOUNT_WIDTH]),
+        token_revoked=bool(row[ACCOUNT_WIDTH]),
+        tokens_not_before=row[ACCOUNT_WIDTH + 1],
     )

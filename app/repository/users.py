@@ -1,6 +1,7 @@
 """Accounts: SQL over the users table."""
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,12 +141,18 @@ async def set_role(conn: aiosqlite.Connection, user_id: str, role: str) -> bool:
 
 
 async def set_disabled(conn: aiosqlite.Connection, user_id: str, disabled: bool) -> bool:
-    """Disables (keeping the first time it was) or enables; False when there is no such user."""
+    """Disables (keeping the first time it was) or enables; False when there is no such user.
+
+    Disabling also refuses, for good, the external tokens issued until now.
+    """
     sql = (
-        "UPDATE users SET disabled_at = CASE WHEN ? THEN coalesce(disabled_at, ?) END"
-        " WHERE id = ? RETURNING id"
+        "UPDATE users SET"
+        " disabled_at = CASE WHEN :disabled THEN coalesce(disabled_at, :now) END,"
+        " tokens_not_before = CASE WHEN :disabled THEN :epoch ELSE tokens_not_before END"
+        " WHERE id = :id RETURNING id"
     )
-    return await fetch_one(conn, sql, (disabled, utc_now(), user_id)) is not None
+    params = {"disabled": disabled, "now": utc_now(), "epoch": int(time.time()), "id": user_id}
+    return await fetch_one(conn, sql, params) is not None
 
 
 async def email_taken(conn: aiosqlite.Connection, email: str) -> bool:

@@ -69,7 +69,9 @@ async def list_users(
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED, responses=error_responses(409, 503))
-async def create_user(body: AdminUserCreate, db: DbDep, hasher: HasherDep) -> AdminUserResponse:
+async def create_user(
+    body: AdminUserCreate, caller: CurrentAdmin, db: DbDep, hasher: HasherDep
+) -> AdminUserResponse:
     """Create an account with a password and a role (sign-up closed or not)."""
     user = await admin.create_user(
         db,
@@ -78,6 +80,7 @@ async def create_user(body: AdminUserCreate, db: DbDep, hasher: HasherDep) -> Ad
         password=body.password,
         display_name=body.display_name,
         role=body.role,
+        actor_id=caller.account.id,
     )
     return AdminUserResponse(user=admin_view(await admin.get_user(db, user.id)))
 

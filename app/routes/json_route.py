@@ -7,8 +7,9 @@ from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from app.deps import authenticate, get_current_user_id
-from app.errors import UnsupportedMediaType
+from app.deps import authenticate, get_admin, get_current_user_id
+from app.errors import AdminOnly, UnsupportedMediaType
+from app.repository import ADMIN
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -44,19 +45,23 @@ class JsonRoute(APIRoute):
     node on every request at a measurable cost, and this check needs nothing a
     node provides (docs/performance.md). A route that needs a user checks the
     token first, so a caller without a valid one learns nothing else: 401,
-    then 415, as when this was the dependency after the token's.
+    then 415, as when this was the dependency after the token's; an admin
+    route, the role too (403).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         needs_user = _depends_on(self.dependant, get_current_user_id)
+        needs_admin = _depends_on(self.dependant, get_admin)
 
         async def json_only(request: Request) -> Response:
             try:
                 require_json(request)
             except UnsupportedMediaType:
                 if needs_user:
-                    await authenticate(request)
+                    identity = await authenticate(request)
+                    if needs_admin and identity.account.role != ADMIN:
+                        raise AdminOnly from None
                 raise
             return await handler(request)
 

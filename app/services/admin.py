@@ -2,15 +2,18 @@
 
 `actor_id` is the admin acting through the API; None is the operator at the
 command line. An admin cannot disable, demote or delete themselves here, so
-the API always leaves at least the acting admin in charge.
+the API always leaves at least the acting admin in charge: each change checks,
+in its own transaction, that its admin still is one.
 """
 
 import time
 
+import aiosqlite
+
 from app import repository
 from app.auth import PasswordHasher
 from app.db import Database
-from app.errors import Conflict, NotFound
+from app.errors import AdminOnly, Conflict, NotFound
 from app.repository import UserRecord, UserSummary
 
 USER_EXISTS = "User already exists"
@@ -29,6 +32,19 @@ def _not_self(actor_id: str | None, user_id: str) -> None:
         raise Conflict(NOT_YOURSELF)
 
 
+async def _still_admin(conn: aiosqlite.Connection, actor_id: str | None) -> None:
+    """Inside the change's transaction: the acting admin is still an enabled admin.
+
+    The request's check ran before the transaction; two admins disabling each
+    other at once would otherwise both succeed and leave no admin at all.
+    """
+    if actor_id is None:
+        return
+    actor = await repository.get_user_by_id(conn, actor_id)
+    if actor is None or actor.role != repository.ADMIN or actor.disabled:
+        raise AdminOnly
+
+
 async def create_user(
     db: Database,
     hasher: PasswordHasher,
@@ -37,6 +53,7 @@ async def create_user(
     password: str,
     display_name: str | None = None,
     role: str = repository.USER,
+    actor_id: str | None = None,
 ) -> UserRecord:
     """A local account, as sign-up makes it but with any role; 409 when the email is taken."""
     if await repository.email_taken(db.reader(), email):
@@ -44,6 +61,7 @@ async def create_user(
     password_hash = await hasher.hash(password)
     try:
         async with db.transaction() as conn:
+            await _still_admin(conn, actor_id)
             return await repository.insert_user(
                 conn,
                 email=email,
@@ -75,6 +93,7 @@ async def update_user(
     if (role is not None and role != repository.ADMIN) or disabled:
         _not_self(actor_id, user_id)
     async with db.transaction() as conn:
+        await _still_admin(conn, actor_id)
         if await repository.get_user_by_id(conn, user_id) is None:
             raise UserNotFound
         if role is not None:
@@ -92,6 +111,7 @@ async def delete_user(db: Database, *, actor_id: str | None, user_id: str) -> No
     """The account and everything of it: sessions, messages, logins."""
     _not_self(actor_id, user_id)
     async with db.transaction() as conn:
+        await _still_admin(conn, actor_id)
         if not await repository.delete_user(conn, user_id):
             raise UserNotFound
 

@@ -109,7 +109,7 @@ def _copy_checked(source: Path, target: Path) -> CopyReport:
         report = _check(partial, target)
         with partial.open("rb") as copy:
             os.fsync(copy.fileno())
-        os.replace(partial, target)
+        _rename_without_overwriting(partial, target)
         _fsync_dir(target.parent)
     finally:
         partial.unlink(missing_ok=True)
@@ -160,6 +160,20 @@ def _check(copy_path: Path, name: Path) -> CopyReport:
     finally:
         copy.close()
     return CopyReport(name, version, *counts)
+
+
+def _rename_without_overwriting(partial: Path, target: Path) -> None:
+    """A hard link fails if `target` appeared meanwhile, where a rename would replace it."""
+    try:
+        os.link(partial, target)
+    except FileExistsError:
+        raise CopyError(
+            f"{target} appeared while the copy was made; nothing was overwritten"
+        ) from None
+    except OSError:  # a file system without hard links: check, then rename
+        if target.exists():
+            raise CopyError(f"{target} already exists; nothing was overwritten") from None
+        os.replace(partial, target)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,6 +46,10 @@ class UsageError(Exception):
     """The input is wrong (exit 2); the message says which and why."""
 
 
+class Failed(Exception):
+    """The command cannot be done (exit 1); the message says why."""
+
+
 def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None) -> int:
     """Runs one command; returns the exit status (the console script exits with it)."""
     parser = _parser()
@@ -57,7 +62,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         return command(args, settings or load_settings())
     except UsageError as exc:
         return _fail(f"{exc}", EXIT_USAGE)
-    except (ConfigError, CopyError, SchemaTooNew) as exc:
+    except (Failed, ConfigError, CopyError, SchemaTooNew) as exc:
         return _fail(f"{exc}")
     except AppError as exc:
         return _fail(f"{exc.message}")
@@ -111,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     backup = commands.add_parser(
         "backup", help="write a consistent copy of the database, while the service runs"
     )
-    backup.add_argument("path", type=Path, help="a new file, or a folder to put it in")
+    backup.add_argument("path", help="a new file, or a folder to put it in")
     backup.set_defaults(command=_backup)
 
     restore = commands.add_parser(
@@ -157,6 +162,7 @@ def _create_user(args: argparse.Namespace, settings: Settings) -> int:
 
 def _reset_password(args: argparse.Namespace, settings: Settings) -> int:
     email = _valid(Email, args.email, "--email")
+    _require_database(settings)
     password = _valid(Password, read_password(confirm=True), "the password")
 
     async def reset(db: Database) -> None:
@@ -169,6 +175,7 @@ def _reset_password(args: argparse.Namespace, settings: Settings) -> int:
 
 def _set_role(args: argparse.Namespace, settings: Settings) -> int:
     email = _valid(Email, args.email, "--email")
+    _require_database(settings)
 
     async def change(db: Database) -> None:
         user = await admin.set_role_by_email(db, email=email, role=args.role)
@@ -179,9 +186,11 @@ def _set_role(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _backup(args: argparse.Namespace, settings: Settings) -> int:
-    target: Path = args.path
+    target = Path(args.path)  # Path() drops a trailing slash, which says "a folder"
     if target.is_dir():
         target = _new_name(target, settings.database_path.stem)
+    elif args.path.endswith(("/", os.sep)):
+        raise Failed(f"{target} is not a folder; create it first")
     report = asyncio.run(backup_database(settings.database_path, target))
     print(f"backed up {settings.database_path} to {report.path}: {_summary(report)}")
     return EXIT_OK
@@ -198,6 +207,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    _require_database(settings)
     before = asyncio.run(schema_version_of(settings.database_path))
     if before > SCHEMA_VERSION:  # refused before opening, which would switch it to WAL
         raise SchemaTooNew(settings.database_path, before)
@@ -219,9 +229,12 @@ def read_password(*, confirm: bool, stdin: TextIO | None = None) -> str:
     if stream is None:  # started with stdin closed
         raise UsageError("no password: type it at the prompt, or pipe it on stdin")
     if stream.isatty():
-        password = getpass.getpass("Password: ")
-        if confirm and getpass.getpass("Repeat it: ") != password:
-            raise UsageError("the two passwords differ; nothing was changed")
+        try:
+            password = getpass.getpass("Password: ")
+            if confirm and getpass.getpass("Repeat it: ") != password:
+                raise UsageError("the two passwords differ; nothing was changed")
+        except EOFError:  # Ctrl-D at the prompt
+            raise UsageError("no password given; nothing was changed") from None
         return password
     line = stream.readline()
     if not line:
@@ -244,8 +257,18 @@ def _hasher(settings: Settings) -> PasswordHasher:
     return PasswordHasher(settings.bcrypt_rounds, settings.hash_concurrency)
 
 
+def _require_database(settings: Settings) -> None:
+    """Only create-user makes a database: for anything else a missing file is a mistyped
+    DATABASE_URL or the wrong working directory."""
+    if not settings.database_path.is_file():
+        raise Failed(
+            f"there is no database at {settings.database_path} (DATABASE_URL); "
+            "run this where chatgate runs, or create the first account with create-user"
+        )
+
+
 def _with_database(settings: Settings, work: Callable[[Database], Awaitable[None]]) -> int:
-    """Opens the database (creating and migrating it as the service would), runs `work`."""
+    """Opens the database (creating and migrating it, as the service would), runs `work`."""
 
     async def session() -> None:
         db = Database(settings.database_path)

@@ -429,6 +429,22 @@ class TestBackupTargets:
         assert [int(n) for n in said.groups()] == [SCHEMA_VERSION, 1, 1, 2]
         assert stored_messages(made) == stored_messages(database.path)
 
+    def test_two_backups_into_a_folder_within_a_second_both_land(self, database: Database) -> None:
+        folder = database.workdir / "twice"
+        folder.mkdir()
+        for _ in range(2):
+            ran = chatgate(database.workdir, database.env, "backup", str(folder))
+            assert ran.status == 0, ran.stderr
+        assert len(list(folder.iterdir())) == 2
+
+    def test_into_a_folder_that_does_not_exist_fails_and_makes_nothing(
+        self, database: Database
+    ) -> None:
+        ran = chatgate(database.workdir, database.env, "backup", "missing/")
+        assert ran.status == 1, ran.stderr
+        assert ran.error == "chatgate: missing is not a folder; create it first"
+        assert not (database.workdir / "missing").exists()
+
     def test_onto_an_existing_file_fails_and_leaves_it_alone(self, database: Database) -> None:
         folder = database.workdir / "backups"
         folder.mkdir()

@@ -332,6 +332,18 @@ class TestPasswordPrompt:
         for password in ("the first password", "the first pasword"):
             assert service.log_in("typo@example.com", password).status_code == 401
 
+    def test_ctrl_d_at_the_prompt_is_a_usage_error_and_creates_nothing(
+        self, service: Service
+    ) -> None:
+        with terminal(
+            service.workdir, service.env, "create-user", "--email", "eof@example.com"
+        ) as tty:
+            tty.expect("Password: ")
+            os.write(tty.master, b"\x04")  # Ctrl-D: end of input
+            assert tty.wait() == 2, tty.screen
+        assert b"chatgate: no password given; nothing was changed" in tty.screen
+        assert service.log_in("eof@example.com", PASSWORD).status_code == 401
+
     def test_ctrl_c_at_the_prompt_exits_130_with_the_terminal_as_it_was(
         self, service: Service
     ) -> None:
@@ -420,6 +432,24 @@ class TestMistakes:
                 "/auth/register", json={"email": expected.email, "password": PASSWORD}
             )
             assert registered.status_code == 201, registered.text
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("reset-password", "--email", "ada@example.com"),
+            ("set-role", "--email", "ada@example.com", "admin"),
+            ("migrate",),
+        ],
+        ids=["reset-password", "set-role", "migrate"],
+    )
+    def test_a_mistyped_database_url_is_refused_and_no_database_is_made(
+        self, tmp_path: Path, args: tuple[str, ...]
+    ) -> None:
+        env = base_environment(tmp_path) | {"DATABASE_URL": "sqlite:///./dta/chat.db"}
+        ran = chatgate(tmp_path, env, *args, stdin=ENOUGH)
+        assert ran.status == 1, ran.stderr
+        assert ran.error.startswith("chatgate: there is no database at dta/chat.db")
+        assert not (tmp_path / "dta").exists()
 
     def test_a_placeholder_jwt_secret_is_refused_before_anything_is_touched(
         self, tmp_path: Path

@@ -58,8 +58,11 @@ class TestCursors:
 
 
 LOCAL = st.text(string.ascii_letters + string.digits + "._%+-", min_size=1, max_size=20)
+# At most 20 + 1 + 5 * 11 + 4 characters: well inside an address's 254.
 DOMAIN = st.lists(
-    st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=10), min_size=1
+    st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=10),
+    min_size=1,
+    max_size=5,
 ).map(lambda labels: ".".join(labels) + ".com")
 SPACES = st.text(" \t", max_size=3)
 

@@ -8,10 +8,11 @@ BIN    := $(VENV)/bin
 APP    := $(VENV)/.installed-app
 DEV    := $(VENV)/.installed-dev
 BENCH  := $(VENV)/.installed-bench
+UI     := $(VENV)/.installed-ui
 HOST   ?= 127.0.0.1
 PORT   ?= 8009
 
-.PHONY: run setup test lint pytest install bench soak clean
+.PHONY: run setup ui test lint pytest install bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,12 @@ $(APP): pyproject.toml | $(BIN)/python
 	@touch $(APP)
 
 $(DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,django-test]'
-	@touch $(DEV) $(APP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,django-test,ui]'
+	@touch $(DEV) $(APP) $(UI)
+
+$(UI): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[ui]'
+	@touch $(UI) $(APP)
 
 $(BENCH): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
@@ -34,14 +39,19 @@ install: $(DEV)
 # What `make run` does before serving: .venv with chatgate and its `chatgate` command.
 setup: $(APP)
 
+# chatgate and the Streamlit app (chatgate_ui/) together; opens the browser on it.
+UI_PORT ?= 8501
+ui: $(UI)
+	$(BIN)/python -m chatgate_ui.launch --host $(HOST) --port $(PORT) --ui-port $(UI_PORT)
+
 # `chatgate serve` is uvicorn without proxy headers (TRUSTED_PROXIES decides those).
 run: $(APP)
 	$(BIN)/chatgate serve --host $(HOST) --port $(PORT)
 
 lint: $(DEV)
-	$(BIN)/ruff check app tests scripts bench
-	$(BIN)/ruff format --check app tests scripts bench
-	$(BIN)/mypy app
+	$(BIN)/ruff check app chatgate_ui tests scripts bench
+	$(BIN)/ruff format --check app chatgate_ui tests scripts bench
+	$(BIN)/mypy app chatgate_ui
 
 pytest: $(DEV)
 	$(BIN)/pytest

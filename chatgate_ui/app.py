@@ -8,11 +8,18 @@ renewed silently, and a dead login brings the login form back.
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 
-from chatgate_ui.client import ChatgateClient, ChatgateError, LoginRequired, Tokens
+from chatgate_ui.client import (
+    ChatgateClient,
+    ChatgateError,
+    LoginRequired,
+    ReplyFailed,
+    Tokens,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8009"
 NEW_TITLE = "New chat"
@@ -81,13 +88,27 @@ def login_page(api: ChatgateClient) -> None:
 # --- logged in ------------------------------------------------------------------
 
 
+def act(work: Callable[[], str | None]) -> None:
+    """Runs a sidebar action, then reloads the page with its outcome as a notice:
+    what it says it did, or chatgate's refusal (the chat stays on the page)."""
+    try:
+        done = work()
+    except LoginRequired:
+        raise
+    except ChatgateError as exc:
+        notice("error", str(exc))
+    else:
+        if done:
+            notice("success", done)
+    st.rerun()
+
+
 def sidebar(api: ChatgateClient, sessions: list[dict[str, Any]]) -> None:
     with st.sidebar:
         user = state.get("user") or {}
         st.caption(f"Logged in as **{user.get('display_name') or user.get('email') or ''}**")
         if st.button("+ New chat", key="new_chat", width="stretch"):
-            state["current"] = api.new_session()["id"]
-            st.rerun()
+            act(lambda: new_chat(api))
         st.subheader("Chats")
         if not sessions:
             st.caption("No chats yet: write a message to start one.")
@@ -104,22 +125,39 @@ def sidebar(api: ChatgateClient, sessions: list[dict[str, Any]]) -> None:
         chosen = next((s for s in sessions if s["id"] == state.get("current")), None)
         if chosen is not None:
             st.divider()
-            title = st.text_input("Title", value=chosen["title"], key=f"title_{chosen['id']}")
+            # The title is in the key: a box for an old title would put it back on Rename.
+            title = st.text_input(
+                "Title", value=chosen["title"], key=f"title_{chosen['id']}_{chosen['title']}"
+            )
             rename, delete = st.columns(2)
             if rename.button("Rename", key="rename", width="stretch"):
-                api.rename(chosen["id"], title)
-                notice("success", "Renamed.")
-                st.rerun()
+                act(lambda: rename_chat(api, chosen, title))
             if delete.button("Delete", key="delete", width="stretch"):
-                api.delete(chosen["id"])
-                state.pop("current", None)
-                notice("success", f"Deleted “{chosen['title']}”.")
-                st.rerun()
+                act(lambda: delete_chat(api, chosen))
         st.divider()
         if st.button("Log out", key="logout", width="stretch"):
-            api.logout()
-            notice("success", "Logged out.")
+            if api.logout():
+                notice("success", "Logged out.")
+            else:
+                notice("warning", "Logged out here, but chatgate could not be told.")
             st.rerun()
+
+
+def new_chat(api: ChatgateClient) -> None:
+    state["current"] = api.new_session()["id"]
+
+
+def rename_chat(api: ChatgateClient, chat: dict[str, Any], title: str) -> str:
+    if not title.strip():
+        raise ChatgateError("A title cannot be empty.")
+    api.rename(chat["id"], title.strip())
+    return "Renamed."
+
+
+def delete_chat(api: ChatgateClient, chat: dict[str, Any]) -> str:
+    api.delete(chat["id"])
+    state.pop("current", None)
+    return f"Deleted “{chat['title']}”."
 
 
 def chat_page(api: ChatgateClient) -> None:
@@ -143,21 +181,27 @@ def chat_page(api: ChatgateClient) -> None:
 
 def send(api: ChatgateClient, current: dict[str, Any] | None, prompt: str) -> None:
     """Shows the message, streams the reply into the page as it arrives, then reloads."""
-    if current is None:
-        current = api.new_session(_title_from(prompt))
-        state["current"] = current["id"]
-    elif current["title"] == NEW_TITLE and not int(current.get("message_count", 0)):
-        current = api.rename(current["id"], _title_from(prompt))
-    with st.chat_message("user"):
-        st.markdown(prompt)
-    with st.chat_message("assistant"):
-        try:
+    try:
+        if current is None:
+            current = api.new_session(_title_from(prompt))
+            state["current"] = current["id"]
+        elif current["title"] == NEW_TITLE and not int(current.get("message_count", 0)):
+            current = api.rename(current["id"], _title_from(prompt))
+        with st.chat_message("user"):
+            st.markdown(prompt)
+        with st.chat_message("assistant"):
             st.write_stream(api.send(current["id"], prompt))
-        except LoginRequired:
-            raise
-        except ChatgateError as exc:
-            notice("error", f"{exc} Your message was kept.")
+    except LoginRequired:
+        raise
+    except ReplyFailed as exc:
+        notice("error", _sentences(str(exc), "Your message was kept."))
+    except ChatgateError as exc:
+        notice("error", _sentences(str(exc), "Your message was not sent."))
     st.rerun()
+
+
+def _sentences(first: str, second: str) -> str:
+    return f"{first} {second}" if first.endswith((".", "!", "?", ")")) else f"{first}. {second}"
 
 
 def _title_from(text: str) -> str:

@@ -7,7 +7,6 @@ call raises `LoginRequired` and the app shows the login form again. Every
 other failure is a `ChatgateError` whose message is chatgate's own sentence.
 """
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,10 @@ class ChatgateError(Exception):
 
 class LoginRequired(ChatgateError):
     """The login has ended (logged out elsewhere, expired, account disabled): log in again."""
+
+
+class ReplyFailed(ChatgateError):
+    """The message was stored, but the reply failed or was cut off."""
 
 
 @dataclass
@@ -62,19 +65,24 @@ class ChatgateClient:
         )
         return self._keep(response.json())
 
-    def logout(self) -> None:
-        """Ends this login at chatgate (best effort: the tokens are forgotten either way)."""
+    def logout(self) -> bool:
+        """Ends this login at chatgate; the tokens are forgotten here either way. False when
+        chatgate could not be told (the refresh token then lives until it expires)."""
         tokens, self.tokens = self.tokens, None
         self._on_tokens(None)
         if tokens is None:
-            return
-        with contextlib.suppress(requests.RequestException):  # unreachable: they expire
-            requests.post(
+            return True
+        try:
+            response = requests.post(
                 f"{self.base_url}/auth/logout",
                 json={"refresh_token": tokens.refresh_token},
                 headers={"Authorization": f"Bearer {tokens.access_token}"},
                 timeout=TIMEOUT,
             )
+        except requests.RequestException:
+            return False
+        # 401: that login had ended already, which is what logging out is for.
+        return response.status_code in (200, 401)
 
     def me(self) -> dict[str, Any]:
         user: dict[str, Any] = self._call("GET", "/auth/me").json()["user"]
@@ -125,8 +133,10 @@ class ChatgateClient:
     def send(self, session_id: str, message: str) -> Iterator[str]:
         """The reply as it is written: the `content` of each `delta` event of /chat/send.
 
-        The message is stored before the first piece arrives. An `error` event
-        (the assistant failed; the message stays stored) raises ChatgateError.
+        A refused request (bad session, rate limit, dead login) raises before
+        anything is stored. Once the stream has begun the message is stored: an
+        `error` event (the assistant failed), a cut connection or a stream that
+        ends without its `done` event raises ReplyFailed.
         """
         response = self._call(
             "POST",
@@ -135,20 +145,29 @@ class ChatgateClient:
             stream=True,
         )
         with response:
-            event = "message"
-            # Bytes, split on line endings only, then decoded: SSE is UTF-8 by definition.
-            for raw in response.iter_lines():
-                line = raw.decode("utf-8")
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data = json.loads(line[5:])
-                    if event == "delta":
-                        yield str(data["content"])
-                    elif event == "error":
-                        raise ChatgateError(str(data["error"]))
-                elif not line:
-                    event = "message"
+            event, finished = "message", False
+            try:
+                # Bytes, split on line endings only, then decoded: SSE is UTF-8.
+                for raw in response.iter_lines():
+                    line = raw.decode("utf-8")
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data = json.loads(line[5:])
+                        if event == "delta":
+                            yield str(data["content"])
+                        elif event == "error":
+                            raise ReplyFailed(str(data["error"]))
+                        elif event == "done":
+                            finished = True
+                    elif not line:
+                        event = "message"
+            except (requests.RequestException, ValueError):
+                raise ReplyFailed(
+                    "The reply was cut off: the connection to chatgate broke"
+                ) from None
+            if not finished:
+                raise ReplyFailed("The reply was cut off before its end")
 
     # --- plumbing ------------------------------------------------------------
 
@@ -169,6 +188,8 @@ class ChatgateClient:
                     raise LoginRequired("Please log in.")
                 headers = {"Authorization": f"Bearer {self.tokens.access_token}"}
             response = self._request(method, path, json, params, headers, stream)
+            if not response.ok:
+                _ = response.content  # read a streamed error answer whole: frees its connection
             if response.status_code == 401 and auth:
                 if _detail(response) == "token_expired" and attempt == 1:
                     self._refresh()
@@ -212,9 +233,13 @@ class ChatgateClient:
         response = self._request(
             "POST", "/auth/refresh", {"refresh_token": self.tokens.refresh_token}, None, {}, False
         )
-        if response.status_code != 200:
+        if response.status_code == 401:
             self._forget()
             raise LoginRequired("Your login has expired; please log in again.", 401)
+        if response.status_code != 200:
+            # Busy or rate-limited (many users of one app share its address): the
+            # refresh token is still good, so keep it and let the user retry.
+            raise ChatgateError(_sentence(response), response.status_code)
         self._keep(response.json())
 
     def _keep(self, body: dict[str, Any]) -> Tokens:

@@ -16,6 +16,7 @@ from jose import jwt
 from streamlit.testing.v1 import AppTest
 
 from chatgate_ui.client import ChatgateClient, ChatgateError, Tokens
+from tests.fake_openai import FakeOpenAIServer
 from tests.server_process import ServerProcess, base_environment, free_port
 
 APP = str(Path(__file__).resolve().parents[1] / "chatgate_ui" / "app.py")
@@ -189,7 +190,9 @@ class TestChat:
         ]
         assert sidebar_titles(app) == ["Hello from Streamlit"]
 
-        app.text_input(key=f"title_{session['id']}").input("Renamed in the app")
+        app.text_input(key=f"title_{session['id']}_Hello from Streamlit").input(
+            "Renamed in the app"
+        )
         app.button(key="rename").click().run()
         assert [s["title"] for s in service.sessions(headers)] == ["Renamed in the app"]
         assert sidebar_titles(app) == ["Renamed in the app"]
@@ -227,14 +230,63 @@ class TestChat:
         assert session["title"] == "Start me a chat please"
         assert session["message_count"] == 2
 
-    def test_the_reply_streams_in_pieces(self, service: Service) -> None:
-        email, headers = service.user(sessions=("Streamed",))
+    def test_a_blank_title_is_refused_and_the_chat_stays_on_the_page(
+        self, app: AppTest, service: Service
+    ) -> None:
+        email, headers = service.user(sessions=("Keep my name",))
+        log_in(app, email)
+        session_id = service.sessions(headers)[0]["id"]
+        app.text_input(key=f"title_{session_id}_Keep my name").input("   ")
+        app.button(key="rename").click().run()
+        assert page_errors(app) == ["A title cannot be empty."]
+        assert app.title[0].value == "Keep my name"
+        assert chat(app) == [
+            ("user", "about Keep my name"),
+            ("assistant", "Echo: about Keep my name"),
+        ]
+        assert [s["title"] for s in service.sessions(headers)] == ["Keep my name"]
+
+    def test_after_a_logout_the_next_user_sees_only_their_own_chats(
+        self, app: AppTest, service: Service
+    ) -> None:
+        first, _ = service.user(sessions=("Mine",))
+        second, _ = service.user(sessions=("Theirs",))
+        log_in(app, first)
+        assert sidebar_titles(app) == ["Mine"]
+        app.button(key="logout").click().run()
+        log_in(app, second)
+        assert sidebar_titles(app) == ["Theirs"]
+        assert "Mine" not in [m for _, m in chat(app)]
+
+
+class TestStreaming:
+    def test_pieces_of_the_reply_arrive_while_the_model_writes(self, tmp_path: Path) -> None:
+        with FakeOpenAIServer() as model:
+            env = base_environment(tmp_path) | {
+                "ASSISTANT_PROVIDER": "openai",
+                "OPENAI_BASE_URL": model.base_url,
+                "OPENAI_MODEL": "slow",  # 50 ms between pieces
+            }
+            with ServerProcess(tmp_path, env, name="slow") as process:
+                api = ChatgateClient(process.url)
+                api.register("slow@example.com", PASSWORD)
+                api.login("slow@example.com", PASSWORD)
+                session = api.new_session("Streamed")
+                arrived: list[tuple[float, str]] = []
+                for piece in api.send(session["id"], "one two three four five six seven eight"):
+                    arrived.append((time.monotonic(), piece))
+        assert "".join(p for _, p in arrived) == "You said: one two three four five six seven eight"
+        # Not read in one go at the end: the first piece came well before the last one.
+        assert arrived[-1][0] - arrived[0][0] > 0.2
+
+    def test_an_expired_token_is_renewed_for_a_streamed_reply_too(self, service: Service) -> None:
+        email, headers = service.user(sessions=("Renewed",))
         session_id = service.sessions(headers)[0]["id"]
         api = ChatgateClient(service.url)
-        api.login(email, PASSWORD)
-        pieces = list(api.send(session_id, "one two three four"))
-        assert len(pieces) > 1
-        assert "".join(pieces) == "Echo: one two three four"
+        before = api.login(email, PASSWORD)
+        api.tokens = Tokens(service.expired(before.access_token), before.refresh_token)
+        assert "".join(api.send(session_id, "still streaming")) == "Echo: still streaming"
+        assert api.tokens.refresh_token != before.refresh_token
 
 
 class TestTokens:
@@ -294,6 +346,56 @@ class TestTokens:
         assert page_errors(app) == ["Your login has ended; please log in again."]
 
 
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """chatgate with tight limits: two chat writes a minute, one refresh a minute."""
+    work = tmp_path_factory.mktemp("strict")
+    env = base_environment(work) | {
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_CHAT": "2/minute",
+        "RATE_LIMIT_REFRESH": "1/minute",
+    }
+    with ServerProcess(work, env, name="strict") as process:
+        running = Service(process)
+        yield running
+        running.http.close()
+
+
+class TestRateLimits:
+    def test_a_refused_message_says_it_was_not_sent(
+        self, strict: Service, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        email, headers = strict.user()
+        at = open_app(strict.url, monkeypatch)
+        log_in(at, email)
+        at.chat_input[0].set_value("first").run()  # a new chat and a message: two writes
+        at.chat_input[0].set_value("second").run()
+        [error] = page_errors(at)
+        assert error.startswith("Too many requests")
+        assert error.endswith("Your message was not sent.")
+        [session] = strict.sessions(headers)
+        assert strict.history(headers, session["id"]) == ["first", "Echo: first"]
+
+    def test_a_busy_refresh_keeps_the_login(
+        self, strict: Service, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        email, _ = strict.user(sessions=("Patience",))
+        at = open_app(strict.url, monkeypatch)
+        log_in(at, email)
+        first: Tokens = at.session_state["tokens"]
+        at.session_state["tokens"] = Tokens(strict.expired(first.access_token), first.refresh_token)
+        at.run()  # refreshes: the one refresh this minute allows
+        renewed: Tokens = at.session_state["tokens"]
+        assert renewed.refresh_token != first.refresh_token
+        at.session_state["tokens"] = Tokens(
+            strict.expired(renewed.access_token), renewed.refresh_token
+        )
+        at.run()  # the refresh is refused for now (429): still logged in, told why
+        assert not on_login_page(at)
+        assert [e for e in page_errors(at) if e.startswith("Too many requests")]
+        assert at.session_state["tokens"].refresh_token == renewed.refresh_token
+
+
 class TestAssistantFailure:
     def test_a_failed_reply_is_a_sentence_and_the_message_is_kept(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -310,7 +412,7 @@ class TestAssistantFailure:
             at.button(key="register_submit").click().run()
             at.chat_input[0].set_value("Anyone there?").run()
             assert not at.exception
-            assert page_errors(at) == ["The assistant is unavailable Your message was kept."]
+            assert page_errors(at) == ["The assistant is unavailable. Your message was kept."]
             assert chat(at) == [("user", "Anyone there?")]
 
 

@@ -80,7 +80,13 @@ def seed(path: Path) -> Seeded:
                 first_user_sessions.append(session_id)
 
     with sqlite3.connect(path) as conn:
-        conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)", users)
+        # Named columns: a migration that adds one must not break the seed.
+        conn.executemany(
+            "INSERT INTO users"
+            " (id, email, password_hash, display_name, role, created_at, auth_source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            users,
+        )
         conn.executemany(
             "INSERT INTO chat_sessions (id, user_id, title, created_at, updated_at, message_count)"
             " VALUES (?, ?, ?, ?, ?, ?)",

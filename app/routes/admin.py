@@ -1,5 +1,6 @@
 """Administration: accounts and the service's totals, for admins only."""
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, status
@@ -130,12 +131,4 @@ async def delete_user(user_id: UserId, caller: CurrentAdmin, db: DbDep) -> Succe
 @router.get("/stats")
 async def read_stats(db: DbDep) -> StatsResponse:
     """Users, admins, disabled users, sessions, messages, and messages in the last 24 h."""
-    figures = await admin.stats(db)
-    return StatsResponse(
-        users=figures.users,
-        admins=figures.admins,
-        disabled_users=figures.disabled_users,
-        sessions=figures.sessions,
-        messages=figures.messages,
-        messages_last_day=figures.messages_last_day,
-    )
+    return StatsResponse(**asdict(await admin.stats(db)))

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 from pydantic import TypeAdapter, ValidationError
@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _create_user(args: argparse.Namespace, settings: Settings) -> int:
     email = _valid(Email, args.email, "--email")
     display_name = _valid(DisplayName, args.display_name, "--display-name")
-    password = _valid(Password, read_password(confirm=True), "the password")
+    password = _valid(Password, read_password(), "the password")
     role = ADMIN if args.admin else USER
 
     async def create(db: Database) -> None:
@@ -163,7 +163,7 @@ def _create_user(args: argparse.Namespace, settings: Settings) -> int:
 def _reset_password(args: argparse.Namespace, settings: Settings) -> int:
     email = _valid(Email, args.email, "--email")
     _require_database(settings)
-    password = _valid(Password, read_password(confirm=True), "the password")
+    password = _valid(Password, read_password(), "the password")
 
     async def reset(db: Database) -> None:
         user = await admin.reset_password(db, _hasher(settings), email=email, password=password)
@@ -222,16 +222,16 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 # --- helpers -----------------------------------------------------------------
 
 
-def read_password(*, confirm: bool, stdin: TextIO | None = None) -> str:
+def read_password() -> str:
     """A password typed twice on a terminal, or the first line of piped stdin (its line
     ending removed, nothing else: every character of a password counts)."""
-    stream = stdin or sys.stdin
+    stream = sys.stdin
     if stream is None:  # started with stdin closed
         raise UsageError("no password: type it at the prompt, or pipe it on stdin")
     if stream.isatty():
         try:
             password = getpass.getpass("Password: ")
-            if confirm and getpass.getpass("Repeat it: ") != password:
+            if getpass.getpass("Repeat it: ") != password:
                 raise UsageError("the two passwords differ; nothing was changed")
         except EOFError:  # Ctrl-D at the prompt
             raise UsageError("no password given; nothing was changed") from None

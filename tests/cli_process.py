@@ -5,13 +5,25 @@ nothing of the caller's own chatgate settings leaks in; stdin is a pipe, never
 the terminal of whoever runs the tests.
 """
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.db import SCHEMA_VERSION
 from tests.server_process import child_environment
+
+
+def write_newer_database(path: Path) -> None:
+    """A data file as a later chatgate, with one more schema version, would leave it."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE users (id TEXT PRIMARY KEY)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.commit()
+
 
 CHATGATE = str(Path(sys.executable).parent / "chatgate")
 COMMAND_TIMEOUT = 60.0

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from app.db import SCHEMA_VERSION
-from tests.cli_process import Ran, chatgate, finish, start
+from tests.cli_process import Ran, chatgate, finish, start, write_newer_database
 from tests.helpers import make_settings, running
 from tests.server_process import ServerProcess, base_environment
 
@@ -512,10 +512,7 @@ class TestRestoreMistakes:
 
     def test_of_a_backup_from_a_newer_chatgate_fails(self, tmp_path: Path) -> None:
         backup = tmp_path / "backup.db"
-        with contextlib.closing(sqlite3.connect(backup)) as db:
-            db.execute("CREATE TABLE users (id TEXT PRIMARY KEY)")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-            db.commit()
+        write_newer_database(backup)
         data_file = tmp_path / "data" / "chat.db"
         ran = chatgate(tmp_path, base_environment(data_file.parent), "restore", str(backup))
         assert ran.status == 1

@@ -27,7 +27,14 @@ import pytest
 
 from app.cli import DEFAULT_HOST, DEFAULT_PORT
 from app.db import SCHEMA_VERSION
-from tests.cli_process import CHATGATE, COMMAND_TIMEOUT, Ran, chatgate, chatgate_together
+from tests.cli_process import (
+    CHATGATE,
+    COMMAND_TIMEOUT,
+    Ran,
+    chatgate,
+    chatgate_together,
+    write_newer_database,
+)
 from tests.server_process import (
     REPO_ROOT,
     START_TIMEOUT,
@@ -541,10 +548,7 @@ class TestMigrate:
 
     def test_a_database_from_a_newer_chatgate_is_refused(self, tmp_path: Path) -> None:
         data_file = tmp_path / "chat.db"
-        with contextlib.closing(sqlite3.connect(data_file)) as db:
-            db.execute("CREATE TABLE users (id TEXT PRIMARY KEY)")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-            db.commit()
+        write_newer_database(data_file)
         data_file.chmod(0o600)  # as chatgate makes it, or it says it fixed the mode
         ran = chatgate(tmp_path, base_environment(tmp_path), "migrate")
         assert ran.status == 1

@@ -14,6 +14,21 @@ class UserSummary(Account):
     session_count: int
     message_count: int
 
+    @classmethod
+    def of_new(cls, user: Account) -> "UserSummary":
+        """A just-created account: no sessions, no messages, nothing to read back."""
+        return cls(
+            user.id,
+            user.email,
+            user.display_name,
+            user.role,
+            user.created_at,
+            user.auth_source,
+            user.disabled_at,
+            session_count=0,
+            message_count=0,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceStats:

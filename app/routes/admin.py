@@ -83,7 +83,7 @@ async def create_user(
         role=body.role,
         actor_id=caller.account.id,
     )
-    return AdminUserResponse(user=admin_view(await admin.get_user(db, user.id)))
+    return AdminUserResponse(user=admin_view(UserSummary.of_new(user)))
 
 
 @router.get("/users/{user_id}", responses=error_responses(404))

@@ -94,8 +94,7 @@ async def update_user(
         _not_self(actor_id, user_id)
     async with db.transaction() as conn:
         await _still_admin(conn, actor_id)
-        if await repository.get_user_by_id(conn, user_id) is None:
-            raise UserNotFound
+        # Each change is a no-op for an unknown id; the summary read last tells.
         if role is not None:
             await repository.set_role(conn, user_id, role)
         if disabled is not None:
@@ -103,7 +102,8 @@ async def update_user(
             if disabled:
                 await repository.revoke_other_families(conn, user_id, None)
         summary = await repository.get_user_summary(conn, user_id)
-    assert summary is not None  # noqa: S101 - read in the transaction that found it
+    if summary is None:
+        raise UserNotFound
     return summary
 
 

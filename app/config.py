@@ -85,9 +85,12 @@ class Settings(BaseSettings):
     rate_limit_chat: str = "30/minute"
     rate_limit_login_ip: str = "20/minute"
     rate_limit_login_email: str = "5/minute;20/hour"
+    rate_limit_login_account: str = "100/hour"
     rate_limit_register: str = "10/hour"
     rate_limit_refresh: str = "30/minute"
     rate_limit_anonymous: str = "120/minute"
+    # IPv6 clients are counted by network: the address's first this many bits.
+    rate_limit_ipv6_prefix: int = Field(default=64, ge=8, le=128)
     trusted_proxies: Annotated[list[str], NoDecode] = []
     registration_enabled: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -147,6 +150,7 @@ class Settings(BaseSettings):
         "rate_limit_chat",
         "rate_limit_login_ip",
         "rate_limit_login_email",
+        "rate_limit_login_account",
         "rate_limit_register",
         "rate_limit_refresh",
         "rate_limit_anonymous",

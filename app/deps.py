@@ -9,6 +9,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from app import repository
 from app.auth import EXTERNAL_SOURCE, AccessClaims, PasswordHasher, TokenService
+from app.bearer import access_claims
 from app.config import Settings
 from app.db import Database
 from app.errors import AdminOnly, Forbidden, SessionNotFound, Unauthorized
@@ -95,16 +96,8 @@ class BearerUser(OAuth2PasswordBearer):
 
 async def authenticate(request: Request) -> Identity:
     """A valid, unrevoked access token whose user still exists; 401 otherwise."""
-    headers = request.headers.getlist("authorization")
-    if not headers:
-        raise Unauthorized("missing_token")
-    if len(headers) > 1:
-        raise Unauthorized("ambiguous_authorization")
-    scheme, _, token = headers[0].partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("missing_token")
     services = services_of(request)
-    claims = services.tokens.verify_access(token)
+    claims = access_claims(request.scope, services.tokens)
     state = await _access_state(services.db, claims)
     if state.account is None and claims.external:
         # First request of a user the external issuer vouches for.

@@ -20,12 +20,12 @@ from app.middleware import (
     ClientGoneMiddleware,
     EnvelopeCORSMiddleware,
     InFlight,
-    RateLimitMiddleware,
 )
 from app.network import TrustedProxies
 from app.ratelimit import RateLimiter
 from app.routes import admin, auth, chat, health, logins
 from app.routes.docs import mount_docs
+from app.routes.limited_route import limit_unknown_paths
 from app.services.assistant import build_assistant
 from app.services.conversation import Conversation
 
@@ -68,6 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             key_prefix=settings.rate_limit_key_prefix,
             tokens=tokens,
             proxies=proxies,
+            ipv6_prefix=settings.rate_limit_ipv6_prefix,
         )
         resources.push_async_callback(limiter.aclose)
         if settings.rate_limit_enabled and not await limiter.storage_reachable():
@@ -140,8 +141,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.state.in_flight = InFlight()
     app.add_middleware(ClientGoneMiddleware, in_flight=app.state.in_flight)
-    if settings.rate_limit_enabled:
-        app.add_middleware(RateLimitMiddleware)
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         app.add_middleware(
@@ -158,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    limit_unknown_paths(app.router)
     mount_docs(app)
     return app
 

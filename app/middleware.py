@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import TooManyRequests, error_response, sentence_for
+from app.errors import error_response, sentence_for
 
 logger = logging.getLogger("chatgate.http")
 SHUTDOWN_WAIT_SECONDS = 10
@@ -147,26 +147,3 @@ def _client_gone(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_client_gone(inner) for inner in exc.exceptions)
     return isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError)
-
-
-class RateLimitMiddleware:
-    """A request over one of its rate limits is a 429 before it reaches a route.
-
-    Installed only when RATE_LIMIT_ENABLED; inside CORS, so a browser can read
-    the 429 and its Retry-After.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        try:
-            await scope["app"].state.services.limiter.check_request(scope)
-        except TooManyRequests as exc:
-            response = error_response(exc.status_code, exc.message, exc.detail, exc.headers)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)

@@ -60,3 +60,18 @@ class TrustedProxies:
                 return hop
             nearest = hop
         return nearest
+
+
+def network_key(address: str, ipv6_prefix: int) -> str:
+    """The network a rate limit counts an address by: an IPv4 address itself (also when
+    written as IPv4-mapped IPv6), an IPv6 address's first `ipv6_prefix` bits: one host
+    or subscriber usually holds a whole /64, and could otherwise change address at will."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "unknown", or whatever a test transport names its client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip.packed, ipv6_prefix), strict=False))
+    return str(ip)

@@ -315,11 +315,12 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing, invalid, expired or revoked token (or, for login, invalid credentials).",
     403: "Not allowed (for example, a wrong current password, or not an administrator).",
     404: "Not found, or not yours.",
-    409: "Conflicts with existing data.",
+    409: "Conflicts with existing data (or an admin removing their own admin account).",
     413: "Request body too large.",
     415: "Request body is not JSON.",
     422: "Invalid input.",
-    429: "Over a rate limit; Retry-After says in how many seconds to try again.",
+    429: "Over a rate limit, or too many wrong passwords; Retry-After says in how many "
+    "seconds to try again.",
     500: "Internal error.",
     502: "The assistant is unavailable; the user message was stored.",
     503: "Temporarily unavailable (for example, too many password checks waiting); "

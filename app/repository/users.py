@@ -157,3 +157,12 @@ async def set_disabled(conn: aiosqlite.Connection, user_id: str, disabled: bool)
 
 async def email_taken(conn: aiosqlite.Connection, email: str) -> bool:
     return await fetch_one(conn, "SELECT 1 FROM users WHERE email = ?", (email,)) is not None
+
+
+async def has_login_from(conn: aiosqlite.Connection, user_id: str, ip: str) -> bool:
+    """Whether one of the user's live logins was last used from this address."""
+    sql = (
+        "SELECT 1 FROM login_families"
+        " WHERE user_id = ? AND ip = ? AND revoked_at IS NULL AND expires_at > ? LIMIT 1"
+    )
+    return await fetch_one(conn, sql, (user_id, ip, utc_now())) is not None

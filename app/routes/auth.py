@@ -1,7 +1,6 @@
 """Accounts and tokens: register, log in, refresh, log out, change password, leave."""
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.routing import APIRoute
 
 from app.auth import TokenPair
 from app.deps import (
@@ -15,9 +14,11 @@ from app.deps import (
     RegistrationOpen,
     TokensDep,
 )
+from app.ratelimit import RouteLimits, rate_limited
 from app.repository import Account
 from app.routes.credentials import LOGIN_BODY, read_credentials
 from app.routes.json_route import JsonRoute
+from app.routes.limited_route import LimitedRoute
 from app.schemas import (
     AccountDelete,
     LogoutRequest,
@@ -31,6 +32,7 @@ from app.schemas import (
     error_responses,
 )
 from app.services import accounts, admin, logins
+from app.services.accounts import Reauthentication
 
 router = APIRouter(
     prefix="/auth", tags=["auth"], route_class=JsonRoute, responses=error_responses(429)
@@ -63,6 +65,7 @@ def token_response(pair: TokenPair, response: Response) -> TokenResponse:
     status_code=status.HTTP_201_CREATED,
     responses=error_responses(403, 409, 413, 415, 422, 503),
 )
+@rate_limited(RouteLimits(per_address=("register",)))
 async def register(
     _: RegistrationOpen, body: RegisterRequest, db: DbDep, hasher: HasherDep
 ) -> UserResponse:
@@ -74,6 +77,7 @@ async def register(
     return UserResponse(user=public(user))
 
 
+@rate_limited(RouteLimits(per_address=("login_ip",)))
 async def login(
     request: Request,
     response: Response,
@@ -97,11 +101,12 @@ router.add_api_route(
     methods=["POST"],
     openapi_extra=LOGIN_BODY,
     responses=error_responses(401, 403, 413, 415, 422, 503),
-    route_class_override=APIRoute,
+    route_class_override=LimitedRoute,
 )
 
 
 @router.post("/refresh", responses=error_responses(401, 413, 415, 422))
+@rate_limited(RouteLimits(per_address=("refresh",)))
 async def refresh(
     body: RefreshRequest, response: Response, db: DbDep, tokens: TokensDep, client: ClientInfoDep
 ) -> TokenResponse:
@@ -128,24 +133,33 @@ async def read_me(identity: CurrentIdentity) -> UserResponse:
 
 @router.post("/password", responses=error_responses(401, 403, 413, 415, 422, 503))
 async def change_password(
-    body: PasswordChange, claims: CurrentClaims, db: DbDep, hasher: HasherDep
+    body: PasswordChange,
+    claims: CurrentClaims,
+    db: DbDep,
+    hasher: HasherDep,
+    limiter: LimiterDep,
+    client: ClientInfoDep,
 ) -> SuccessResponse:
-    """Change your password; every other login of yours ends, this one stays."""
+    """Change your password; every other login of yours ends, this one stays.
+    Wrong current passwords count against the same budget as failed logins (429)."""
+    check = Reauthentication(claims.user_id, body.current_password, client)
     await accounts.change_password(
-        db,
-        hasher,
-        user_id=claims.user_id,
-        keep_family_id=claims.family_id,
-        current=body.current_password,
-        new=body.new_password,
+        db, hasher, limiter, check, keep_family_id=claims.family_id, new=body.new_password
     )
     return SuccessResponse()
 
 
-@router.delete("/me", responses=error_responses(401, 403, 413, 415, 422, 503))
+@router.delete("/me", responses=error_responses(401, 403, 409, 413, 415, 422, 503))
 async def delete_me(
-    body: AccountDelete, user_id: CurrentUserId, db: DbDep, hasher: HasherDep
+    body: AccountDelete,
+    user_id: CurrentUserId,
+    db: DbDep,
+    hasher: HasherDep,
+    limiter: LimiterDep,
+    client: ClientInfoDep,
 ) -> SuccessResponse:
-    """Delete your account, sessions, messages and logins; confirm with your password."""
-    await accounts.delete_account(db, hasher, user_id=user_id, password=body.password)
+    """Delete your account, sessions, messages and logins; confirm with your password.
+    An admin is demoted first (409): an admin always remains."""
+    check = Reauthentication(user_id, body.password, client)
+    await accounts.delete_account(db, hasher, limiter, check)
     return SuccessResponse()

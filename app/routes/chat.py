@@ -19,6 +19,7 @@ from app.deps import (
 )
 from app.errors import AssistantUnavailable, SessionNotFound
 from app.pagination import decode_history_cursor, decode_keyset_cursor, encode_cursor
+from app.ratelimit import RouteLimits, rate_limited
 from app.repository import MessageRecord
 from app.routes.json_route import JsonRoute
 from app.schemas import (
@@ -56,6 +57,8 @@ router = APIRouter(
 )
 
 DEFAULT_TITLE = "New chat"
+# Each write that asks the assistant counts against its user's `chat` limit.
+CHAT_WRITE = rate_limited(RouteLimits(per_user="chat"))
 SEND_DESCRIPTION = """\
 Stores the message, then streams the reply as Server-Sent Events:
 
@@ -77,6 +80,7 @@ def _title_from(text: str) -> str:
 
 
 @router.post("/session/new", status_code=status.HTTP_201_CREATED, responses=error_responses(502))
+@CHAT_WRITE
 async def create_session(
     user_id: CurrentUserId, chat: ConversationDep, body: SessionCreate | None = None
 ) -> SessionCreatedResponse:
@@ -100,6 +104,7 @@ async def create_session(
 
 
 @router.post("/message", responses=error_responses(404, 502))
+@CHAT_WRITE
 async def send_message(
     body: MessageCreate, user_id: CurrentUserId, chat: ConversationDep
 ) -> MessageExchangeResponse:
@@ -148,6 +153,7 @@ ReplyStream = Annotated[StreamedReply, Depends(streamed_reply, scope="request")]
     responses=error_responses(404),
     openapi_extra={"description": SEND_DESCRIPTION},
 )
+@CHAT_WRITE
 async def stream_message(reply: ReplyStream) -> AsyncIterator[ServerSentEvent]:
     """Add a message and stream the reply as Server-Sent Events (delta, then done or error)."""
     try:

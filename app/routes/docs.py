@@ -9,11 +9,13 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.routes.limited_route import LimitedRoute
+
 ASSETS_URL = "/docs/assets"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=LimitedRoute)
 
 
 @router.get("/docs")

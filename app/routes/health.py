@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 from app.deps import DbDep
 from app.errors import ServiceUnavailable
+from app.routes.limited_route import LimitedRoute
 from app.schemas import StatusResponse, error_responses
 
-router = APIRouter(tags=["service"], responses=error_responses(429))
+router = APIRouter(tags=["service"], route_class=LimitedRoute, responses=error_responses(429))
 logger = logging.getLogger("chatgate.health")
 
 

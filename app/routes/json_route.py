@@ -5,10 +5,10 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
 
 from app.deps import authenticate, get_admin, get_current_user_id
 from app.errors import UnsupportedMediaType
+from app.routes.limited_route import LimitedRoute
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -37,7 +37,7 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaType
 
 
-class JsonRoute(APIRoute):
+class JsonRoute(LimitedRoute):
     """A route whose request body, when there is one, must be JSON.
 
     A route class rather than a dependency: FastAPI solves every dependency

@@ -7,9 +7,15 @@ from fastapi import APIRouter, Path
 from app import repository
 from app.deps import CurrentClaims, DbDep
 from app.errors import NotFound
+from app.routes.limited_route import LimitedRoute
 from app.schemas import LoginInfo, LoginsResponse, SuccessResponse, error_responses
 
-router = APIRouter(prefix="/auth/logins", tags=["auth"], responses=error_responses(401, 422, 429))
+router = APIRouter(
+    prefix="/auth/logins",
+    tags=["auth"],
+    route_class=LimitedRoute,
+    responses=error_responses(401, 422, 429),
+)
 
 
 @router.get("")

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import sqlite3
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -132,6 +133,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE users ADD COLUMN tokens_not_before INTEGER",
         "CREATE INDEX ix_users_created ON users (created_at DESC, id DESC)",
     ),
+    # 5: emails in one Unicode spelling (NFC), the one requests now look up.
+    # chatgate_nfc is Python's NFC, registered on the writer by Database.open (SQLite
+    # has none). Two stored spellings of one address: the NFC one, else the oldest,
+    # gets it; any other is left as it was, an account no email login reaches.
+    (
+        """
+        UPDATE users SET email = chatgate_nfc(email)
+        WHERE auth_source = 'local' AND email <> chatgate_nfc(email)
+          AND NOT EXISTS (
+            SELECT 1 FROM users AS taken WHERE taken.email = chatgate_nfc(users.email)
+          )
+          AND NOT EXISTS (
+            SELECT 1 FROM users AS older
+            WHERE older.auth_source = 'local'
+              AND chatgate_nfc(older.email) = chatgate_nfc(users.email)
+              AND (older.created_at, older.id) < (users.created_at, users.id)
+          )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -174,6 +194,7 @@ class Database:
             # FULL: a commit is on disk before anyone is told it happened, so an
             # acknowledged write survives a power cut too. Group commit pays for it.
             await self._writer.execute("PRAGMA synchronous = FULL")
+            await self._writer.create_function("chatgate_nfc", 1, _nfc, deterministic=True)
             await self._migrate()
             self._committer = asyncio.create_task(self._commit_jobs(), name="chatgate-writes")
             for _ in range(self._read_size):
@@ -431,6 +452,11 @@ def _run_reads(jobs: list[_Job[Any]], conn: sqlite3.Connection) -> list[tuple[bo
         except Exception as exc:
             outcomes.append((False, exc))
     return outcomes
+
+
+def _nfc(value: object) -> object:
+    """SQL chatgate_nfc(text): migrations use it (SQLite has no Unicode normalisation)."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
 def _create_private(path: Path) -> None:

@@ -17,6 +17,16 @@ logger = logging.getLogger("chatgate.errors")
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 UNAUTHORIZED = "Unauthorized - Invalid or missing token"
 SESSION_NOT_FOUND = "Session not found or access denied"
+# On every response: app/middleware.py SecurityHeaders adds them, and the 500 below
+# adds them itself, since Starlette sends it outside every middleware.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+# A response may carry a token or private data (RFC 6749 5.1): no cache keeps it.
+NO_STORE = {"Cache-Control": "no-store"}
 
 # One sentence per status, for errors raised by the framework rather than by us.
 _SENTENCES = {
@@ -204,7 +214,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, _SENTENCES[500])
+    return error_response(500, _SENTENCES[500], headers={**SECURITY_HEADERS, **NO_STORE})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -20,11 +20,12 @@ from app.middleware import (
     ClientGoneMiddleware,
     EnvelopeCORSMiddleware,
     InFlight,
+    SecurityHeaders,
 )
 from app.network import TrustedProxies
 from app.ratelimit import RateLimiter
 from app.routes import admin, auth, chat, health, logins
-from app.routes.docs import mount_docs
+from app.routes.docs import ASSETS_URL, mount_docs
 from app.routes.limited_route import limit_unknown_paths
 from app.services.assistant import build_assistant
 from app.services.conversation import Conversation
@@ -134,6 +135,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served by routes/docs.py from local assets
         redoc_url=None,
+        # Starlette's slash redirect is absolute, built from the Host header, and a 307
+        # makes clients resend their credentials there: a trailing slash is a 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.jwt_secret = jwt_secret
@@ -152,6 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["WWW-Authenticate", "Retry-After"],
         )
+    # Added last, so outermost: preflights and every middleware's own answers get them.
+    app.add_middleware(SecurityHeaders, cacheable_prefix=f"{ASSETS_URL}/")
     app.include_router(auth.router)
     app.include_router(logins.router)
     app.include_router(chat.router)

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
 import anyio
 from starlette.datastructures import Headers
@@ -11,7 +12,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response, sentence_for
+from app.errors import (
+    NO_STORE,
+    SECURITY_HEADERS,
+    error_response,
+    sentence_for,
+)
 
 logger = logging.getLogger("chatgate.http")
 SHUTDOWN_WAIT_SECONDS = 10
@@ -147,3 +153,47 @@ def _client_gone(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_client_gone(inner) for inner in exc.exceptions)
     return isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError)
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    ]
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every response, and `Cache-Control: no-store` to every
+    one that sets no caching of its own, except under `cacheable_prefix` (static assets).
+
+    Outermost, so CORS preflights, 413s and 429s get them too; Starlette sends a 500
+    outside every middleware, so app/errors.py adds them to it. The headers are
+    encoded once here: this runs on every request.
+    """
+
+    def __init__(self, app: ASGIApp, cacheable_prefix: str | None = None) -> None:
+        self.app = app
+        self.cacheable_prefix = cacheable_prefix
+        self._always = _raw(SECURITY_HEADERS)
+        self._no_store = self._always + _raw(NO_STORE)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        prefix = self.cacheable_prefix
+        static = prefix is not None and scope["path"].startswith(prefix)
+        always, no_store = self._always, self._no_store
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", ())
+                extra = always if static or _sets_caching(headers) else no_store
+                # A new list: the response's own raw_headers may outlive this request.
+                message["headers"] = [*headers, *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _sets_caching(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"cache-control" for name, _ in headers)

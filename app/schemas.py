@@ -1,6 +1,7 @@
 """Request and response models: what crosses the HTTP boundary, and its rules."""
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,8 @@ HISTORY_PAGE_MAX = 500
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # RFC 5322 "atext" and dots, plus any non-ASCII letter (internationalised addresses).
-_LOCAL_PART = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}")
+_LOCAL_PART = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+")
+_LOCAL_PART_MAX_CHARS = 64
 _DOMAIN = re.compile(r"(?:[\w-]{1,63}\.)+[\w-]{2,63}")
 
 
@@ -46,15 +48,33 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def normalized_email(value: str) -> str:
+    """One spelling of an address: trimmed, NFC, lower-case (the domain's IDNA comes after).
+
+    NFC again after lower(): lowering can leave a pair that composes ("T" + U+0308
+    has no precomposed capital, but "ẗ" exists).
+    """
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value.strip()).lower())
+
+
 def normalize_email(value: object) -> object:
-    """Emails compare without case and surrounding spaces."""
-    return value.strip().lower() if isinstance(value, str) else value
+    """Emails compare without case, surrounding spaces or Unicode spelling (NFC)."""
+    return normalized_email(value) if isinstance(value, str) else value
+
+
+def _valid_local_part(local: str) -> bool:
+    # \w has no combining marks, and NFC keeps some letters decomposed (U+0958 is
+    # U+0915 and a nukta mark): marks may go beside what the pattern checks.
+    unmarked = local
+    if not local.isascii():
+        unmarked = "".join(ch for ch in local if not unicodedata.category(ch).startswith("M"))
+    return len(local) <= _LOCAL_PART_MAX_CHARS and _LOCAL_PART.fullmatch(unmarked) is not None
 
 
 def _canonical_email(value: str) -> str:
     """Checks the shape and writes an internationalised domain one way (Unicode, not xn--)."""
     local, _, domain = value.rpartition("@")
-    if not _LOCAL_PART.fullmatch(local) or len(value) > EMAIL_MAX_CHARS:
+    if not _valid_local_part(local) or len(value) > EMAIL_MAX_CHARS:
         raise ValueError("is not a valid email address")
     if not domain.isascii() or "xn--" in domain:
         # IDNA 2008 (UTS 46, non-transitional): straße.de stays apart from strasse.de,

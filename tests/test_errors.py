@@ -1,6 +1,7 @@
 """Bad input of every kind gets the contract's envelope, and never a 500."""
 
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -28,6 +29,63 @@ class TestRouting:
         response = await client.put("/healthz")
         assert_error(response, 405)
         assert "GET" in response.headers["allow"]
+
+
+EVIL_HOST = {"Host": "evil.example"}
+
+
+def assert_not_redirected(response: httpx.Response) -> None:
+    """A 404 envelope, and nothing in it points at the Host the request named."""
+    assert_error(response, 404)
+    assert "location" not in response.headers
+    assert all("evil.example" not in value for value in response.headers.values())
+    assert "evil.example" not in response.text
+
+
+class TestNoRedirectFromRequestHeaders:
+    async def test_a_login_with_a_trailing_slash_is_not_sent_elsewhere(
+        self, client: httpx.AsyncClient, alice: User
+    ) -> None:
+        body = {"email": alice.email, "password": alice.password}
+        response = await client.post("/auth/login/", json=body, headers=EVIL_HOST)
+        assert_not_redirected(response)
+
+    async def test_a_bearer_call_with_a_trailing_slash_is_not_sent_elsewhere(
+        self, client: httpx.AsyncClient, alice: User
+    ) -> None:
+        response = await client.get("/chat/sessions/", headers={**alice.headers, **EVIL_HOST})
+        assert_not_redirected(response)
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/docs/",
+            "/docs/assets",
+            "/docs/oauth2-redirect/",
+            "/openapi.json/",
+            "/healthz/",
+            "/readyz/",
+            "/auth/logins/",
+            "/auth/me/",
+            "/admin/users/",
+        ],
+    )
+    async def test_no_get_is_redirected(self, client: httpx.AsyncClient, path: str) -> None:
+        assert_not_redirected(await client.get(path, headers=EVIL_HOST))
+
+    async def test_no_operation_answers_its_slash_variant_with_a_redirect(
+        self, client: httpx.AsyncClient, alice: User
+    ) -> None:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert len(paths) > 15
+        for template, operations in paths.items():
+            path = re.sub(r"\{[^}]+\}", "x", template) + "/"
+            for method in operations:
+                response = await client.request(
+                    method, path, headers={**alice.headers, **EVIL_HOST}
+                )
+                assert response.status_code == 404, (method, path)
+                assert_not_redirected(response)
 
 
 class TestMalformedBodies:

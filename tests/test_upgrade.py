@@ -7,10 +7,12 @@ them. Each test starts the current app on a copy of the file, which migrates it,
 and reads everything back through HTTP.
 """
 
+import contextlib
 import hashlib
 import json
 import shutil
 import sqlite3
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -294,3 +296,80 @@ class TestAnUpgradedDataFile:
         assert sha256_of(FIXTURE_DB) == RECORDED["sha256"]
         assert user_version_in_header(FIXTURE_DB) == 2
         assert sorted(p.name for p in FIXTURES.iterdir()) == siblings  # no -wal, no -shm
+
+
+# Emails stored in another Unicode spelling than NFC: the first release took any
+# characters before the @, and later ones still stored letters such as U+1F71
+# (which NFC maps to U+03AC) as typed. Schema 5 rewrites them in NFC.
+ZOE = next(user for user in USERS if not user["user"]["email"].isascii())
+ZOE_NFD = unicodedata.normalize("NFD", ZOE["user"]["email"])
+ZOE_HALF = "zo\u00eb.mu\u0308ller@example.de"  # one letter composed, one not
+
+
+def stored_emails(path: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return dict(conn.execute("SELECT id, email FROM users").fetchall())
+
+
+def restore_email(path: Path, user_id: str, email: str) -> None:
+    """As an older chatgate left the row."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE users SET email = ? WHERE id = ?", (email, user_id))
+
+
+def add_twin(path: Path, email: str, created_at: str) -> str:
+    """Another account, with Zoë's password, under another spelling of her address."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "INSERT INTO users (id, email, password_hash, display_name, role, created_at)"
+            " SELECT 'twin', ?, password_hash, NULL, 'user', ? FROM users WHERE id = ?",
+            (email, created_at, ZOE["user"]["id"]),
+        )
+    return "twin"
+
+
+async def account_of(client: httpx.AsyncClient, email: str) -> str:
+    response = await client.post("/auth/login", json={"email": email, "password": ZOE["password"]})
+    assert response.status_code == 200, (email, response.text)
+    me = await client.get(
+        "/auth/me", headers={"Authorization": f"Bearer {response.json()['access_token']}"}
+    )
+    user_id: str = me.json()["user"]["id"]
+    return user_id
+
+
+class TestEmailsStoredInAnotherSpelling:
+    async def test_a_decomposed_email_is_found_by_either_spelling(self, data_file: Path) -> None:
+        restore_email(data_file, ZOE["user"]["id"], ZOE_NFD)
+        async with running(settings_for(data_file)) as (_, c):
+            for email in (ZOE["email"], ZOE["user"]["email"], ZOE_NFD, ZOE_HALF):
+                assert await account_of(c, email) == ZOE["user"]["id"]
+            me = await c.get("/auth/me", headers=await log_in(c, ZOE))
+            assert me.json()["user"] == ZOE["user"]  # the composed spelling, as registered
+            taken = await c.post("/auth/register", json={"email": ZOE_NFD, "password": "x" * 12})
+            assert_error(taken, 409, "User already exists")
+        assert stored_emails(data_file)[ZOE["user"]["id"]] == ZOE["user"]["email"]
+
+    async def test_of_two_spellings_the_composed_one_keeps_the_address(
+        self, data_file: Path
+    ) -> None:
+        twin = add_twin(data_file, ZOE_NFD, "2026-12-02T00:00:00.000000Z")
+        async with running(settings_for(data_file)) as (app, c):
+            assert await app.state.services.db.schema_version() == SCHEMA_VERSION
+            for email in (ZOE["user"]["email"], ZOE_NFD):
+                assert await account_of(c, email) == ZOE["user"]["id"]
+        emails = stored_emails(data_file)
+        assert emails[twin] == ZOE_NFD  # left as it was: its data stays, for an admin to see
+        assert emails[ZOE["user"]["id"]] == ZOE["user"]["email"]
+        assert check_file(data_file)[1:3] == ([("ok",)], [])
+
+    async def test_of_two_other_spellings_the_oldest_account_gets_the_address(
+        self, data_file: Path
+    ) -> None:
+        restore_email(data_file, ZOE["user"]["id"], ZOE_HALF)
+        twin = add_twin(data_file, ZOE_NFD, "2026-11-30T00:00:00.000000Z")  # older than Zoë
+        async with running(settings_for(data_file)) as (_, c):
+            for email in (ZOE["user"]["email"], ZOE_NFD, ZOE_HALF):
+                assert await account_of(c, email) == twin
+        emails = stored_emails(data_file)
+        assert (emails[twin], emails[ZOE["user"]["id"]]) == (ZOE["user"]["email"], ZOE_HALF)

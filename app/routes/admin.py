@@ -22,6 +22,7 @@ from app.schemas import (
     StatsResponse,
     SuccessResponse,
     error_responses,
+    normalized_email,
 )
 from app.services import admin
 
@@ -60,7 +61,7 @@ async def list_users(
 ) -> AdminUserListResponse:
     """Accounts, newest first, with their session and message counts; `email` searches."""
     before = decode_keyset_cursor(cursor) if cursor else None
-    query = email.strip().lower() if email else None  # stored emails are lower-case
+    query = normalized_email(email) if email else None  # spelled as stored emails are
     rows = await admin.list_users(db, limit=limit + 1, before=before, email_contains=query)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None

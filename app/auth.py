@@ -1,7 +1,9 @@
 """Password hashing (always off the event loop) and access/refresh token issue and checks."""
 
+import base64
 import functools
 import json
+import re
 import secrets
 import time
 import uuid
@@ -24,10 +26,13 @@ EXTERNAL_SOURCE = "django"
 REFRESH = "refresh"
 MAX_TOKEN_CHARS = 4096
 CLOCK_SKEW_SECONDS = 30
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 # Signature checks remembered, by token: a client sends the same access token with
 # every request until it expires, and checking HS256 through python-jose costs more
 # than the rest of a request's auth together. The clock checks still run each time.
 VERIFIED_TOKENS_CACHED = 4096
+DEFAULT_LOGIN_MAX_AGE_SECONDS = 90 * 86400  # Settings.login_max_age_days' default
+_BASE64URL = re.compile("[A-Za-z0-9_-]*")
 
 
 class PasswordHasher:
@@ -144,35 +149,48 @@ class TokenService:
         access_ttl_seconds: int,
         refresh_ttl_seconds: int,
         external: ExternalIssuer | None = None,
+        login_max_age_seconds: int = DEFAULT_LOGIN_MAX_AGE_SECONDS,
     ) -> None:
         self._secret = secret
         self._issuer = issuer
         self._access_ttl = access_ttl_seconds
         self._refresh_ttl = refresh_ttl_seconds
+        self.login_max_age = login_max_age_seconds
         self._external = external
         self._signed_payload = functools.lru_cache(maxsize=VERIFIED_TOKENS_CACHED)(
             self._check_signature
         )
 
-    def issue_pair(self, user_id: str, family_id: str, role: str) -> TokenPair:
-        """The access token carries the user's role, for clients to read; what a request
-        may do is decided from the role stored now, so a demotion takes effect at once."""
+    def issue_pair(
+        self, user_id: str, family_id: str, role: str, login_started: int | None = None
+    ) -> TokenPair:
+        """A pair of the login started at `login_started` (now, by default); neither token
+        outlives the login. The access token carries the user's role, for clients to read;
+        what a request may do is decided from the role stored now, so a demotion takes
+        effect at once."""
         now = int(time.time())
-        access = self._encode(user_id, family_id, ACCESS, now, self._access_ttl, role=role)
+        ends = self.login_ends_at(now if login_started is None else login_started)
+        access_exp = min(now + self._access_ttl, ends)
+        refresh_exp = min(now + self._refresh_ttl, ends)
+        access = self._encode(user_id, family_id, ACCESS, now, access_exp, role=role)
         return TokenPair(
             access_token=access,
-            refresh_token=self._encode(user_id, family_id, REFRESH, now, self._refresh_ttl),
-            expires_in=self._access_ttl,
-            refresh_expires_at=now + self._refresh_ttl,
+            refresh_token=self._encode(user_id, family_id, REFRESH, now, refresh_exp),
+            expires_in=access_exp - now,
+            refresh_expires_at=refresh_exp,
         )
 
+    def login_ends_at(self, login_started: int) -> int:
+        """When a login started then ends, however often it refreshes."""
+        return login_started + self.login_max_age
+
     def _encode(
-        self, user_id: str, family_id: str, kind: str, now: int, ttl: int, role: str | None = None
+        self, user_id: str, family_id: str, kind: str, now: int, exp: int, role: str | None = None
     ) -> str:
         claims: dict[str, Any] = {
             "sub": user_id,
             "iat": now,
-            "exp": now + ttl,
+            "exp": exp,
             "jti": uuid.uuid4().hex,
             "iss": self._issuer,
             "type": kind,
@@ -239,9 +257,24 @@ def _simplejwt_shaped(token: str) -> bool:
     return isinstance(claims, dict) and "token_type" in claims
 
 
+def _canonical(token: str) -> bool:
+    """Three segments, each the one base64url spelling of its bytes (RFC 7515 §2): the
+    decoder forgives padding and stray low bits, and each other spelling of a token would
+    be another key of the verified-token cache and another refresh-token hash."""
+    segments = token.split(".")
+    return len(segments) == 3 and all(map(_canonical_segment, segments))
+
+
+def _canonical_segment(segment: str) -> bool:
+    if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        return False
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == segment
+
+
 def _verified_claims(token: str, key: str) -> dict[str, Any]:
     """The payload of a token `key` signed with HS256; `Unauthorized` otherwise."""
-    if len(token) > MAX_TOKEN_CHARS:
+    if len(token) > MAX_TOKEN_CHARS or not _canonical(token):
         raise Unauthorized("invalid_token")
     try:
         header = jwt.get_unverified_header(token)
@@ -265,11 +298,10 @@ def _verified_claims(token: str, key: str) -> dict[str, Any]:
 
 
 def _checked_times(claims: Mapping[str, Any], *, require_iat: bool) -> tuple[int, int | None]:
-    """(`exp`, `iat`): whole seconds, checked with `nbf` against the clock."""
-    exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
-    if type(exp) is not int or (require_iat and iat is None):
-        raise Unauthorized("invalid_token")
-    if any(v is not None and type(v) is not int for v in (iat, nbf)):
+    """(`exp`, `iat`): whole seconds in [0, MAX_TIMESTAMP], checked with `nbf` against
+    the clock."""
+    exp, iat, nbf = (_time_claim(claims, name) for name in ("exp", "iat", "nbf"))
+    if exp is None or (require_iat and iat is None):
         raise Unauthorized("invalid_token")
     now = int(time.time())
     if exp < now - CLOCK_SKEW_SECONDS:
@@ -279,6 +311,17 @@ def _checked_times(claims: Mapping[str, Any], *, require_iat: bool) -> tuple[int
     ):
         raise Unauthorized("token_not_yet_valid")
     return exp, iat
+
+
+def _time_claim(claims: Mapping[str, Any], name: str) -> int | None:
+    """A time claim, if present: whole seconds that a datetime and SQLite's 64-bit
+    INTEGER both hold (a revoked token's `exp` is stored), else `Unauthorized`."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_TIMESTAMP:
+        raise Unauthorized("invalid_token")
+    return value
 
 
 def _external_claims(claims: Mapping[str, Any], issuer: ExternalIssuer) -> AccessClaims:

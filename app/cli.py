@@ -31,6 +31,7 @@ from app.backup import restore as restore_database
 from app.config import ConfigError, Settings, load_settings
 from app.db import SCHEMA_VERSION, Database, SchemaTooNew
 from app.errors import AppError
+from app.logredact import uvicorn_log_config
 from app.main import create_app
 from app.repository import ADMIN, ROLES, USER
 from app.schemas import DisplayName, Email, Password
@@ -136,7 +137,14 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     application = create_app(settings)
     # No proxy headers: TRUSTED_PROXIES decides whom X-Forwarded-For is believed from.
-    uvicorn.run(application, host=args.host, port=args.port, proxy_headers=False)
+    # uvicorn builds its handlers after the app, so they get the redacting filter here.
+    uvicorn.run(
+        application,
+        host=args.host,
+        port=args.port,
+        proxy_headers=False,
+        log_config=uvicorn_log_config(),
+    )
     return EXIT_OK
 
 

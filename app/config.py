@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./data/chatgate.db"
     access_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
     refresh_token_expire_days: int = Field(default=14, ge=1, le=365)
+    # A login's absolute lifetime: refreshing never carries it past this age.
+    login_max_age_days: int = Field(default=90, ge=1, le=3650)
     bcrypt_rounds: int = Field(default=12, ge=4, le=20)
     password_hash_concurrency: int | None = Field(default=None, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = []

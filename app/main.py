@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
+from app import logredact
 from app.auth import ExternalIssuer, PasswordHasher, TokenService
 from app.config import ConfigError, Settings, load_settings
 from app.db import Database
@@ -45,6 +46,8 @@ def _configure_logging(settings: Settings) -> None:
     if not root.handlers:  # leave a host's (uvicorn's, pytest's) logging alone
         logging.basicConfig(format="%(levelname)s:     %(name)s - %(message)s")
     logging.getLogger("chatgate").setLevel(settings.log_level)
+    # uvicorn has set up its handlers by now (it does before importing the app).
+    logredact.install()
 
 
 @asynccontextmanager
@@ -104,6 +107,7 @@ def _token_service(settings: Settings, secret: str) -> TokenService:
         settings.access_token_expire_minutes * 60,
         settings.refresh_token_expire_days * 86400,
         external=_external_issuer(settings),
+        login_max_age_seconds=settings.login_max_age_days * 86400,
     )
 
 

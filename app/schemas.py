@@ -233,6 +233,14 @@ class LoginInfo(Record):
     user_agent: str | None
     ip: str | None
     current: bool = Field(default=False, description="The login this request's token is from.")
+    expires_at: datetime = Field(
+        description="When the login ends however often it refreshes: created_at plus "
+        "LOGIN_MAX_AGE_DAYS. After it, /auth/refresh answers 401 and the user logs in again."
+    )
+    refresh_expires_at: datetime = Field(
+        description="When the login ends unless it refreshes before: its latest refresh "
+        "token's expiry, never after expires_at."
+    )
 
 
 class ChatSession(Record):
@@ -343,8 +351,8 @@ _ERROR_DESCRIPTIONS = {
     "seconds to try again.",
     500: "Internal error.",
     502: "The assistant is unavailable; the user message was stored.",
-    503: "Temporarily unavailable (for example, too many password checks waiting); "
-    "see Retry-After.",
+    503: "Temporarily unavailable (too many password checks waiting, or too many replies "
+    "being written at once; nothing was stored); see Retry-After.",
 }
 
 

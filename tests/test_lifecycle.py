@@ -31,7 +31,16 @@ from tests.helpers import (
 )
 
 TOKEN_FIELDS = {"success", "access_token", "refresh_token", "token_type", "expires_in"}
-LOGIN_FIELDS = {"id", "created_at", "last_used_at", "user_agent", "ip", "current"}
+LOGIN_FIELDS = {
+    "id",
+    "created_at",
+    "last_used_at",
+    "user_agent",
+    "ip",
+    "current",
+    "expires_at",
+    "refresh_expires_at",
+}
 LOGIN_NOT_FOUND = "Login not found"
 BAD_LOGIN = "Invalid credentials"
 NEW_PASSWORD = "a brand new passphrase"
@@ -684,7 +693,7 @@ class TestLogins:
         for login in logins:
             assert set(login) == LOGIN_FIELDS
             assert str(uuid.UUID(login["id"])) == login["id"]
-            for field in ("created_at", "last_used_at"):
+            for field in ("created_at", "last_used_at", "expires_at", "refresh_expires_at"):
                 assert datetime.fromisoformat(login[field]).utcoffset() == timedelta(0)
 
     async def test_a_refresh_does_not_add_a_row(

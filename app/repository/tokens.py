@@ -20,6 +20,7 @@ class LoginRecord:
     last_used_at: str
     user_agent: str | None
     ip: str | None
+    expires_at: str  # its latest refresh token's expiry
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class RefreshRecord:
     family_revoked: bool
     role: str  # the user's, now: the new access token carries it
     user_disabled: bool
+    login_created_at: str  # when the password login happened
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +73,15 @@ async def get_refresh_token(conn: aiosqlite.Connection, token_hash: str) -> Refr
     row = await fetch_one(
         conn,
         "SELECT r.family_id, f.user_id, r.used_at, f.revoked_at IS NOT NULL,"
-        " u.role, u.disabled_at IS NOT NULL"
+        " u.role, u.disabled_at IS NOT NULL, f.created_at"
         " FROM refresh_tokens r JOIN login_families f ON f.id = r.family_id"
         " JOIN users u ON u.id = f.user_id"
         " WHERE r.token_hash = ?",
         (token_hash,),
     )
-    return (
-        RefreshRecord(row[0], row[1], row[2], bool(row[3]), row[4], bool(row[5])) if row else None
-    )
+    if row is None:
+        return None
+    return RefreshRecord(row[0], row[1], row[2], bool(row[3]), row[4], bool(row[5]), row[6])
 
 
 async def mark_refresh_token_used(conn: aiosqlite.Connection, token_hash: str) -> None:
@@ -126,16 +128,18 @@ async def revoke_other_families(
     )
 
 
-async def list_active_families(conn: aiosqlite.Connection, user_id: str) -> list[LoginRecord]:
-    """Logins that can still refresh, oldest first."""
+async def list_active_families(
+    conn: aiosqlite.Connection, user_id: str, *, started_after: str
+) -> list[LoginRecord]:
+    """Logins that can still refresh (and began after `started_after`), oldest first."""
     return [
         LoginRecord(*row)
         for row in await fetch_all(
             conn,
-            "SELECT id, created_at, last_used_at, user_agent, ip FROM login_families"
-            " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?"
+            "SELECT id, created_at, last_used_at, user_agent, ip, expires_at FROM login_families"
+            " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? AND created_at > ?"
             " ORDER BY created_at, id",
-            (user_id, utc_now()),
+            (user_id, utc_now(), started_after),
         )
     ]
 

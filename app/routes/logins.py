@@ -5,10 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from app import repository
-from app.deps import CurrentClaims, DbDep
+from app.deps import CurrentClaims, DbDep, TokensDep
 from app.errors import NotFound
 from app.routes.limited_route import LimitedRoute
 from app.schemas import LoginInfo, LoginsResponse, SuccessResponse, error_responses
+from app.services.logins import active_logins
 
 router = APIRouter(
     prefix="/auth/logins",
@@ -19,20 +20,23 @@ router = APIRouter(
 
 
 @router.get("")
-async def list_logins(claims: CurrentClaims, db: DbDep) -> LoginsResponse:
-    """Your logins that can still refresh, oldest first; `current` marks this one."""
-    rows = await repository.list_active_families(db.reader(), claims.user_id)
+async def list_logins(claims: CurrentClaims, db: DbDep, tokens: TokensDep) -> LoginsResponse:
+    """Your logins that can still refresh, oldest first; `current` marks this one, and
+    `expires_at` says when each ends at the latest (then its user logs in again)."""
+    logins = await active_logins(db, tokens, claims.user_id)
     return LoginsResponse(
         logins=[
             LoginInfo(
-                id=row.id,
-                created_at=row.created_at,
-                last_used_at=row.last_used_at,
-                user_agent=row.user_agent,
-                ip=row.ip,
-                current=row.id == claims.family_id,
+                id=login.record.id,
+                created_at=login.record.created_at,
+                last_used_at=login.record.last_used_at,
+                user_agent=login.record.user_agent,
+                ip=login.record.ip,
+                current=login.record.id == claims.family_id,
+                expires_at=login.expires_at,
+                refresh_expires_at=login.refresh_expires_at,
             )
-            for row in rows
+            for login in logins
         ]
     )
 

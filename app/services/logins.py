@@ -2,12 +2,15 @@
 
 A login is a family of refresh tokens descended from one password login. Each
 refresh retires the token it used; presenting a retired token again means it
-was copied, so the whole family (and every access token it issued) ends.
+was copied, so the whole family (and every access token it issued) ends. A login
+also ends at a fixed age (LOGIN_MAX_AGE_DAYS) however often it refreshes, so a
+stolen refresh token kept in use cannot live for ever.
 """
 
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import aiosqlite
 
@@ -25,8 +28,19 @@ class ClientInfo:
     ip: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ActiveLogin:
+    record: repository.LoginRecord
+    expires_at: str  # the end however often it refreshes: created_at + the maximum age
+    refresh_expires_at: str  # the end unless it refreshes before; never after expires_at
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _epoch(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp).timestamp())
 
 
 async def start_login(
@@ -74,8 +88,11 @@ async def rotate(
             raise Unauthorized("token_revoked")
         if record.user_disabled:
             raise Unauthorized("user_disabled")
+        started = _epoch(record.login_created_at)
+        if time.time() >= tokens.login_ends_at(started):
+            raise Unauthorized("login_expired")
         if record.used_at is None:
-            pair = tokens.issue_pair(record.user_id, record.family_id, record.role)
+            pair = tokens.issue_pair(record.user_id, record.family_id, record.role, started)
             expires_at = repository.utc_from_epoch(pair.refresh_expires_at)
             await repository.mark_refresh_token_used(conn, digest)
             await repository.add_refresh_token(
@@ -123,3 +140,16 @@ async def _family_of(
     if record is None or record.user_id != user_id or claims.user_id != user_id:
         return None
     return record.family_id
+
+
+async def active_logins(db: Database, tokens: TokenService, user_id: str) -> list[ActiveLogin]:
+    """The user's logins that can still refresh, oldest first, with when each ends."""
+    oldest = repository.utc_from_epoch(int(time.time()) - tokens.login_max_age)
+    rows = await repository.list_active_families(db.reader(), user_id, started_after=oldest)
+    return [_with_ends(row, tokens) for row in rows]
+
+
+def _with_ends(row: repository.LoginRecord, tokens: TokenService) -> ActiveLogin:
+    ends = repository.utc_from_epoch(tokens.login_ends_at(_epoch(row.created_at)))
+    # A login refreshed before the maximum age was set (or lowered) may hold a later expiry.
+    return ActiveLogin(row, expires_at=ends, refresh_expires_at=min(row.expires_at, ends))

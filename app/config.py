@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     openai_model: str | None = None
     openai_connect_timeout: float = Field(default=5.0, gt=0, le=300)
     openai_read_timeout: float = Field(default=60.0, gt=0, le=3600)
+    # Replies being generated at once (the provider's connection pool is this size);
+    # past it a new one is refused with 503 and Retry-After, never left waiting.
+    assistant_max_concurrent_replies: int = Field(default=1000, ge=1, le=100_000)
     system_prompt: str = "You are a helpful assistant."
     context_max_messages: int = Field(default=20, ge=1, le=1000)
     context_max_chars: int = Field(default=24_000, ge=100, le=10_000_000)

@@ -84,7 +84,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             db=db,
             hasher=hasher,
             tokens=tokens,
-            conversation=Conversation(db, assistant),
+            conversation=Conversation(
+                db, assistant, max_replies=settings.assistant_max_concurrent_replies
+            ),
             limiter=limiter,
             proxies=proxies,
         )

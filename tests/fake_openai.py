@@ -7,7 +7,13 @@ The requested `model` picks the behaviour:
 - `error-500`: answers HTTP 500;
 - `malformed`: sends one good chunk, then a chunk that is not JSON;
 - `hang`: sends one chunk, then nothing for 30 s (longer than a test's read timeout);
-- `cut`: sends one chunk, then closes the connection mid-stream.
+- `cut`: sends one chunk, then closes the connection mid-stream;
+- `pause`: sends one chunk, then waits until the test sets `recorder.resume`
+  (at most 30 s) before the rest;
+- `split-emoji`: the words, then an emoji whose UTF-16 surrogate pair is split
+  over two chunks (JSON "\\ud83d", then "\\ude00");
+- `lone-surrogate`: the words, then halves of surrogate pairs that pair with
+  nothing (in the middle of a chunk, at its end, and ending the reply).
 
 Run it by hand: `python -m tests.fake_openai --port 8055`, then start chatgate
 with ASSISTANT_PROVIDER=openai OPENAI_BASE_URL=http://127.0.0.1:8055/v1
@@ -36,6 +42,17 @@ class Recorder:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        # Set by a test (from its own thread) to let the `pause` model go on.
+        self.resume = threading.Event()
+
+
+# What some models send after the words: halves of UTF-16 surrogate pairs, as a
+# provider's JSON may carry them ("\ud83d" is valid JSON, and json.loads keeps it).
+TAILS = {
+    "split-emoji": [" \ud83d", "\ude00"],
+    "lone-surrogate": [" a\udc00b c\ud800", " d\udbff"],
+}
+PAUSE_SECONDS = 30
 
 
 def _chunk(content: str) -> bytes:
@@ -76,6 +93,10 @@ def build_app(recorder: Recorder | None = None) -> Starlette:
                         await asyncio.sleep(30)
                     if model == "cut":
                         raise RuntimeError("connection cut by the fake")
+                    if model == "pause" and index == 0:
+                        await _wait_for(recorder.resume, PAUSE_SECONDS)
+                for tail in TAILS.get(model, []):
+                    yield _chunk(tail)
                 yield b"data: [DONE]\n\n"
             finally:
                 recorder.in_flight -= 1
@@ -85,6 +106,14 @@ def build_app(recorder: Recorder | None = None) -> Starlette:
     app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
     app.state.recorder = recorder
     return app
+
+
+async def _wait_for(event: threading.Event, seconds: float) -> None:
+    """Until another thread sets `event`, without a thread per waiter."""
+    deadline = time.monotonic() + seconds
+    # The event is set from the test's thread: there is nothing to await.
+    while not event.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
 
 
 class FakeOpenAIServer:

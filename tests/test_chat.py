@@ -3,16 +3,20 @@
 import asyncio
 import base64
 import re
+import sqlite3
 import uuid
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from app.services.assistant import Turn
 from tests.conftest import SessionFactory
-from tests.helpers import User, assert_error, assert_unauthorized
+from tests.helpers import User, assert_error, assert_unauthorized, sse_events
 
 NOT_FOUND = "Session not found or access denied"
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z")
@@ -928,3 +932,130 @@ class TestConcurrency:
             assert sorted(m["content"] for m in messages if m["role"] == "user") == expected
             assert len(messages) == 16
             assert (await read_session(client, owner, session_id))["message_count"] == 16
+
+
+# A bug's message may quote what the user wrote; none of it may reach the log or a client.
+SECRET_TEXT = "my card number is 4111 1111 1111 1111"
+UNAVAILABLE = "The assistant is unavailable"
+
+
+def sse_events_of(text: str) -> list[tuple[str, Any]]:
+    return list(sse_events(text.replace("\r\n", "\n").split("\n")))
+
+
+class TestUnexpectedFailures:
+    """Whatever breaks once the user's message is in, the message stays and the client
+    gets an answer it understands: a 502, or a stream ending with `error`; never a 500
+    or a dropped connection, and never the user's text in the log."""
+
+    @pytest.fixture
+    def buggy_assistant(self, app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def buggy(conversation: Sequence[Turn]) -> AsyncGenerator[str]:
+            yield "A first piece, then "
+            raise RuntimeError(f"bug while answering {conversation[-1].content!r}")
+
+        assistant = app.state.services.conversation.assistant
+        monkeypatch.setattr(assistant, "stream_reply", buggy)
+
+    @pytest.mark.usefixtures("buggy_assistant")
+    async def test_post_message_is_a_502_and_keeps_the_user_message(
+        self,
+        client: httpx.AsyncClient,
+        alice: User,
+        make_session: SessionFactory,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        session = await make_session(alice)
+        response = await client.post(
+            "/chat/message",
+            json={
+                "session_id": session["id"],
+                "message": SECRET_TEXT,
+            },
+            headers=alice.headers,
+        )
+        assert_error(response, 502, UNAVAILABLE)
+        assert [(m["role"], m["content"]) for m in await history(client, alice, session["id"])] == [
+            ("user", SECRET_TEXT)
+        ]
+        assert "RuntimeError" in caplog.text
+        assert SECRET_TEXT not in caplog.text
+
+    @pytest.mark.usefixtures("buggy_assistant")
+    async def test_an_initial_message_is_a_502_naming_the_session(
+        self, client: httpx.AsyncClient, alice: User, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        response = await client.post(
+            "/chat/session/new", json={"initial_message": SECRET_TEXT}, headers=alice.headers
+        )
+        assert_error(response, 502, UNAVAILABLE)
+        sessions = await list_sessions(client, alice)
+        assert response.json()["detail"] == {"session_id": sessions[0]["id"]}
+        assert [m["content"] for m in await history(client, alice, sessions[0]["id"])] == [
+            SECRET_TEXT
+        ]
+        assert SECRET_TEXT not in caplog.text
+
+    @pytest.mark.usefixtures("buggy_assistant")
+    async def test_send_ends_the_stream_with_an_error_event(
+        self,
+        client: httpx.AsyncClient,
+        alice: User,
+        make_session: SessionFactory,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        session = await make_session(alice)
+        response = await client.post(
+            "/chat/send",
+            json={
+                "session_id": session["id"],
+                "message": SECRET_TEXT,
+            },
+            headers=alice.headers,
+        )
+        assert response.status_code == 200
+        events = sse_events_of(response.text)
+        assert events[-1] == ("error", {"error": UNAVAILABLE})
+        assert [name for name, _ in events[:-1]] == ["delta"]
+        assert "RuntimeError" not in response.text
+        assert [(m["role"], m["content"]) for m in await history(client, alice, session["id"])] == [
+            ("user", SECRET_TEXT)
+        ]
+        assert "RuntimeError" in caplog.text
+        assert SECRET_TEXT not in caplog.text
+
+    async def test_a_reply_that_cannot_be_stored_ends_the_stream_with_an_error_event(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        alice: User,
+        make_session: SessionFactory,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        conversation = app.state.services.conversation
+        store_message = conversation.store_message
+
+        async def failing_store(**message: Any) -> Any:
+            if message["role"] == "assistant":
+                raise sqlite3.OperationalError(f"disk I/O error near {message['text']!r}")
+            return await store_message(**message)
+
+        monkeypatch.setattr(conversation, "store_message", failing_store)
+        session = await make_session(alice)
+        response = await client.post(
+            "/chat/send",
+            json={
+                "session_id": session["id"],
+                "message": SECRET_TEXT,
+            },
+            headers=alice.headers,
+        )
+        assert response.status_code == 200
+        events = sse_events_of(response.text)
+        assert events[-1][0] == "error"
+        assert "disk" not in response.text
+        assert [name for name, _ in events[:-1]] == ["delta"] * (len(events) - 1)
+        assert [m["content"] for m in await history(client, alice, session["id"])] == [SECRET_TEXT]
+        assert "OperationalError" in caplog.text
+        assert SECRET_TEXT not in caplog.text

@@ -311,6 +311,74 @@ class TestStreamedReply:
         assert "done" not in [e.name for e in events]
 
 
+# What the fake's surrogate models add to their reply, once chatgate has mended it.
+MENDED_TAILS = [
+    pytest.param(Provider("split-emoji"), " \N{GRINNING FACE}", id="pair-split-over-two-chunks"),
+    pytest.param(Provider("lone-surrogate"), " a\ufffdb c\ufffd d\ufffd", id="lone-halves"),
+]
+
+
+def well_formed(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("provider", "tail"), MENDED_TAILS)
+class TestSurrogatesFromTheProvider:
+    """JSON may carry halves of UTF-16 pairs: a split pair is joined, a lone half becomes
+    U+FFFD, and the reply is answered and stored like any other."""
+
+    async def test_send_streams_well_formed_deltas_and_ends_with_done(
+        self, client: httpx.AsyncClient, alice: User, make_session: SessionFactory, tail: str
+    ) -> None:
+        session = await make_session(alice)
+        events = await stream_events(client, alice, session["id"], "smile")
+        assert events[-1].name == "done", events[-1]
+        assert all(well_formed(delta) for delta in deltas_of(events))
+        assert "".join(deltas_of(events)) == echoed("smile") + tail
+        assert events[-1].data["assistant_message"]["content"] == echoed("smile") + tail
+        assert contents(await history(client, alice, session["id"])) == [
+            ("user", "smile"),
+            ("assistant", echoed("smile") + tail),
+        ]
+
+    async def test_post_message_answers_and_stores_the_mended_reply(
+        self, client: httpx.AsyncClient, alice: User, make_session: SessionFactory, tail: str
+    ) -> None:
+        session = await make_session(alice)
+        response = await client.post(
+            "/chat/message",
+            json={"session_id": session["id"], "message": "smile"},
+            headers=alice.headers,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["assistant_message"]["content"] == echoed("smile") + tail
+        assert contents(await history(client, alice, session["id"])) == [
+            ("user", "smile"),
+            ("assistant", echoed("smile") + tail),
+        ]
+
+    async def test_an_initial_message_is_answered_with_the_mended_reply(
+        self, client: httpx.AsyncClient, alice: User, tail: str
+    ) -> None:
+        response = await client.post(
+            "/chat/session/new", json={"initial_message": "smile"}, headers=alice.headers
+        )
+        assert response.status_code == 201, response.text
+        session_id = response.json()["session"]["id"]
+        assert [m["content"] for m in response.json()["messages"]] == [
+            "smile",
+            echoed("smile") + tail,
+        ]
+        assert contents(await history(client, alice, session_id)) == [
+            ("user", "smile"),
+            ("assistant", echoed("smile") + tail),
+        ]
+
+
 class TestEchoProvider:
     @pytest.fixture
     def settings(self, tmp_path: Path) -> Settings:

@@ -17,7 +17,7 @@ from app.deps import (
     DbDep,
     OwnedSession,
 )
-from app.errors import AssistantUnavailable, SessionNotFound
+from app.errors import AssistantUnavailable, SessionNotFound, sentence_for
 from app.pagination import decode_history_cursor, decode_keyset_cursor, encode_cursor
 from app.ratelimit import RouteLimits, rate_limited
 from app.repository import MessageRecord
@@ -42,7 +42,7 @@ from app.schemas import (
     error_responses,
 )
 from app.services.assistant import ProviderError
-from app.services.conversation import StreamedReply
+from app.services.conversation import ReplySlot, StreamedReply, log_unexpected
 
 logger = logging.getLogger("chatgate.chat")
 router = APIRouter(
@@ -67,7 +67,9 @@ Stores the message, then streams the reply as Server-Sent Events:
 - or `event: error` / `data: {"error": "…"}` if the assistant fails (the user
   message stays stored) and the stream ends.
 
-Wrong session, bad body or bad token: a plain JSON error before any event.
+Wrong session, bad body or bad token: a plain JSON error before any event; so is
+a 503 (with Retry-After, the message not stored) while ASSISTANT_MAX_CONCURRENT_REPLIES
+replies are being written.
 If the client disconnects, generation stops and the partial reply is stored.
 """
 Cursor = Annotated[str | None, Query(max_length=500, description="A next_cursor value.")]
@@ -79,7 +81,9 @@ def _title_from(text: str) -> str:
     return first_line if len(first_line) <= limit else first_line[: limit - 1] + "…"
 
 
-@router.post("/session/new", status_code=status.HTTP_201_CREATED, responses=error_responses(502))
+@router.post(
+    "/session/new", status_code=status.HTTP_201_CREATED, responses=error_responses(502, 503)
+)
 @CHAT_WRITE
 async def create_session(
     user_id: CurrentUserId, chat: ConversationDep, body: SessionCreate | None = None
@@ -87,9 +91,12 @@ async def create_session(
     """Start a session; with `initial_message`, it is stored and answered at once."""
     body = body or SessionCreate()
     title = body.title or (_title_from(body.initial_message) if body.initial_message else "")
-    session = await chat.start_session(user_id=user_id, title=title or DEFAULT_TITLE)
-    messages: list[ChatMessage] = []
-    if body.initial_message is not None:
+    if body.initial_message is None:
+        session = await chat.start_session(user_id=user_id, title=title or DEFAULT_TITLE)
+        return SessionCreatedResponse(session=ChatSession.model_validate(session), messages=[])
+    # Taken first: when no reply can be written now, nothing at all is created.
+    with chat.reply_slot():
+        session = await chat.start_session(user_id=user_id, title=title or DEFAULT_TITLE)
         try:
             pair = await chat.exchange(
                 session_id=session.id, user_id=user_id, text=body.initial_message
@@ -97,21 +104,22 @@ async def create_session(
         except AssistantUnavailable as exc:
             # The session and the message are stored: say where, so the client can retry.
             raise AssistantUnavailable(detail={"session_id": session.id}) from exc
-        messages = [ChatMessage.model_validate(m) for m in pair]
-        # The reply's position and time are the session's new count and activity.
-        session = replace(session, message_count=pair[1].seq, updated_at=pair[1].created_at)
+    messages = [ChatMessage.model_validate(m) for m in pair]
+    # The reply's position and time are the session's new count and activity.
+    session = replace(session, message_count=pair[1].seq, updated_at=pair[1].created_at)
     return SessionCreatedResponse(session=ChatSession.model_validate(session), messages=messages)
 
 
-@router.post("/message", responses=error_responses(404, 502))
+@router.post("/message", responses=error_responses(404, 502, 503))
 @CHAT_WRITE
 async def send_message(
     body: MessageCreate, user_id: CurrentUserId, chat: ConversationDep
 ) -> MessageExchangeResponse:
     """Add a message to one of your sessions and get the assistant's reply."""
-    user_message, assistant_message = await chat.exchange(
-        session_id=body.session_id, user_id=user_id, text=body.message
-    )
+    with chat.reply_slot():
+        user_message, assistant_message = await chat.exchange(
+            session_id=body.session_id, user_id=user_id, text=body.message
+        )
     return MessageExchangeResponse(
         session_id=body.session_id,
         user_message=ChatMessage.model_validate(user_message),
@@ -119,8 +127,18 @@ async def send_message(
     )
 
 
+async def take_reply_slot(_: CurrentUserId, chat: ConversationDep) -> AsyncIterator[ReplySlot]:
+    """A place for the reply, taken before the message is stored: when none is free,
+    a JSON 503 and nothing stored. Held until the reply is over, however it ends."""
+    with chat.reply_slot() as slot:
+        yield slot
+
+
+HeldReplySlot = Annotated[ReplySlot, Depends(take_reply_slot, scope="request")]
+
+
 async def accept_message(
-    body: MessageCreate, user_id: CurrentUserId, chat: ConversationDep
+    body: MessageCreate, user_id: CurrentUserId, chat: ConversationDep, _: HeldReplySlot
 ) -> MessageRecord:
     """Stores the user's message before any event is sent, so a wrong session or a bad
     body is a plain JSON error, and the message survives whatever the stream does."""
@@ -133,11 +151,14 @@ AcceptedMessage = Annotated[MessageRecord, Depends(accept_message)]
 
 
 async def streamed_reply(
-    user_message: AcceptedMessage, user_id: CurrentUserId, chat: ConversationDep
+    user_message: AcceptedMessage,
+    user_id: CurrentUserId,
+    chat: ConversationDep,
+    slot: HeldReplySlot,
 ) -> AsyncIterator[StreamedReply]:
     """The reply being streamed; its teardown runs once the response is over, however
     it ended, and stores the partial reply of a client that went away."""
-    reply = StreamedReply(chat, user_id=user_id, user_message=user_message)
+    reply = StreamedReply(chat, user_id=user_id, user_message=user_message, slot=slot)
     try:
         yield reply
     finally:
@@ -150,25 +171,37 @@ ReplyStream = Annotated[StreamedReply, Depends(streamed_reply, scope="request")]
 @router.post(
     "/send",
     response_class=EventSourceResponse,
-    responses=error_responses(404),
+    responses=error_responses(404, 503),
     openapi_extra={"description": SEND_DESCRIPTION},
 )
 @CHAT_WRITE
 async def stream_message(reply: ReplyStream) -> AsyncIterator[ServerSentEvent]:
     """Add a message and stream the reply as Server-Sent Events (delta, then done or error)."""
+    session_id = reply.user_message.session_id
     try:
         async with aclosing(reply.deltas()) as deltas:
             async for delta in deltas:
                 yield ServerSentEvent(event="delta", data={"content": delta})
+        done = _done_event(reply)
     except ProviderError as exc:
-        logger.warning("assistant failed for session %s: %s", reply.user_message.session_id, exc)
+        logger.warning("assistant failed for session %s: %s", session_id, exc)
         yield ServerSentEvent(event="error", data={"error": AssistantUnavailable.message})
         return
     except SessionNotFound:
         yield ServerSentEvent(event="error", data={"error": SessionNotFound.message})
         return
+    except Exception as exc:
+        # The response has started: a 500 can no longer be sent, and a stream that
+        # just stops looks like a network fault. Say it, and end the stream cleanly.
+        log_unexpected("a streamed reply failed", session_id, exc)
+        yield ServerSentEvent(event="error", data={"error": sentence_for(500)})
+        return
+    yield done
+
+
+def _done_event(reply: StreamedReply) -> ServerSentEvent:
     assert reply.message is not None  # noqa: S101 - stored when the stream completed
-    yield ServerSentEvent(
+    return ServerSentEvent(
         event="done",
         data={
             "user_message": ChatMessage.model_validate(reply.user_message).model_dump(mode="json"),

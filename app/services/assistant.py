@@ -4,7 +4,9 @@ import json
 import logging
 import re
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -12,7 +14,20 @@ from httpx_sse import SSEError, aconnect_sse
 
 from app.config import Settings
 
+resource: ModuleType | None
+try:
+    import resource
+except ImportError:  # Windows has no RLIMIT_NOFILE
+    resource = None
+
 logger = logging.getLogger("chatgate.assistant")
+
+# A free connection is always there for a reply (the pool has one per allowed reply),
+# so waiting for one means something is wrong: fail fast rather than wait in silence.
+POOL_WAIT_SECONDS = 1.0
+# Open files beyond the replies' sockets: the database, listening sockets, logs.
+SPARE_FILES = 256
+REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +84,30 @@ class OpenAICompatibleAssistant:
         headers = {}
         if settings.openai_api_key is not None:
             headers["Authorization"] = f"Bearer {settings.openai_api_key.get_secret_value()}"
+        replies = settings.assistant_max_concurrent_replies
         self._client = client or httpx.AsyncClient(
             base_url=settings.openai_base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(
-                settings.openai_read_timeout, connect=settings.openai_connect_timeout
+                settings.openai_read_timeout,
+                connect=settings.openai_connect_timeout,
+                pool=POOL_WAIT_SECONDS,
             ),
+            # One connection per reply chatgate lets run (httpx's default is 100).
+            limits=httpx.Limits(max_connections=replies, max_keepalive_connections=replies),
         )
 
     async def stream_reply(self, conversation: Sequence[Turn]) -> AsyncGenerator[str]:
+        """The provider's deltas as well-formed text (see SurrogateMender)."""
+        mender = SurrogateMender()
+        async with aclosing(self._raw_deltas(conversation)) as deltas:
+            async for delta in deltas:
+                if text := mender.feed(delta):
+                    yield text
+        if tail := mender.flush():
+            yield tail
+
+    async def _raw_deltas(self, conversation: Sequence[Turn]) -> AsyncGenerator[str]:
         body = {
             "model": self._model,
             "stream": True,
@@ -124,12 +154,67 @@ def _delta_of(data: str) -> str:
     return content or ""
 
 
-async def complete(provider: AssistantProvider, conversation: Sequence[Turn]) -> str:
-    """The whole reply, for routes that do not stream."""
-    return "".join([delta async for delta in provider.stream_reply(conversation)])
+class SurrogateMender:
+    """Turns a provider's deltas into text that can be stored and sent as UTF-8.
+
+    JSON escapes text in UTF-16 ("\\ud83d\\ude00" is one emoji), and a provider may
+    split a pair across two chunks or send half of one: json.loads keeps those halves
+    as lone surrogates. A high half ending a delta waits for the next; a pair is
+    joined into its code point; any half left alone becomes U+FFFD.
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, delta: str) -> str:
+        text = self._held + delta
+        self._held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""
+        return _well_formed(text[: len(text) - len(self._held)])
+
+    def flush(self) -> str:
+        """What is still held at the end of the reply: a half that never found its pair."""
+        held, self._held = self._held, ""
+        return REPLACEMENT if held else ""
+
+
+def _well_formed(text: str) -> str:
+    if text.isascii():
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def build_assistant(settings: Settings) -> AssistantProvider:
+    """The configured provider; the process may then open a file per socket its
+    replies need (one to the client, one to an OpenAI-compatible provider)."""
     if settings.assistant_provider == "openai":
+        allow_open_files(2 * settings.assistant_max_concurrent_replies + SPARE_FILES)
         return OpenAICompatibleAssistant(settings)
+    allow_open_files(settings.assistant_max_concurrent_replies + SPARE_FILES)
     return EchoAssistant()
+
+
+def allow_open_files(needed: int) -> None:
+    """Raises the soft RLIMIT_NOFILE toward `needed`, as far as the hard limit allows;
+    a warning when that is not far enough. A socket over the limit fails to open."""
+    if resource is None:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-files limit to %d: %s", target, exc)
+            target = soft
+        else:
+            logger.info("open-files limit raised from %d to %d", soft, target)
+    if target < needed:
+        logger.warning(
+            "ASSISTANT_MAX_CONCURRENT_REPLIES needs about %d open files, but this process "
+            "may open %d: replies past that fail. Raise the hard limit (ulimit -Hn, "
+            "systemd LimitNOFILE=, docker --ulimit nofile=) or lower the setting",
+            needed,
+            target,
+        )

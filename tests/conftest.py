@@ -1,7 +1,8 @@
 """Fixtures: a fresh SQLite file and a running app per test, and factories for users."""
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
+from tests.fake_openai import FakeOpenAIServer
 from tests.helpers import PASSWORD, User, make_settings
 
 
@@ -85,3 +87,24 @@ def make_session(client: httpx.AsyncClient) -> SessionFactory:
         return session
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeOpenAIServer]:
+    """A fake OpenAI-compatible provider on loopback, shared by a module's tests."""
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server: FakeOpenAIServer) -> FakeOpenAIServer:
+    """The module's fake provider with a clean record: nothing in flight, no request
+    remembered, `pause` models held until the test sets `recorder.resume`."""
+    deadline = time.monotonic() + 5
+    while fake_server.recorder.in_flight:  # a stream the last test left is winding down
+        assert time.monotonic() < deadline, "the last test left a stream open at the provider"
+        time.sleep(0.01)
+    fake_server.recorder.requests.clear()
+    fake_server.recorder.max_in_flight = 0
+    fake_server.recorder.resume.clear()
+    return fake_server

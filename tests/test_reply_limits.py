@@ -41,23 +41,6 @@ class Held:
     go_on: asyncio.Event
 
 
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(fake_server: FakeOpenAIServer) -> FakeOpenAIServer:
-    """The module's fake provider: nothing left in flight, `pause` models held."""
-    deadline = time.monotonic() + 5
-    while fake_server.recorder.in_flight:  # a stream the last test left is winding down
-        assert time.monotonic() < deadline, "the last test left a stream open at the provider"
-        time.sleep(0.01)
-    fake_server.recorder.resume.clear()
-    return fake_server
-
-
 @pytest.fixture
 def limit() -> int | None:
     """ASSISTANT_MAX_CONCURRENT_REPLIES for the test; None keeps the default."""

@@ -179,24 +179,6 @@ def provider() -> Provider:
     return Provider()
 
 
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(fake_server: FakeOpenAIServer) -> FakeOpenAIServer:
-    """The module's fake provider, with a clean record for this test."""
-    deadline = time.monotonic() + 5
-    while fake_server.recorder.in_flight:  # a stream the last test left is winding down
-        assert time.monotonic() < deadline, "the last test left a stream open at the provider"
-        time.sleep(0.01)
-    fake_server.recorder.requests.clear()
-    fake_server.recorder.max_in_flight = 0
-    return fake_server
-
-
 @pytest.fixture
 def settings(tmp_path: Path, fake: FakeOpenAIServer, provider: Provider) -> Settings:
     """Overrides conftest's: chatgate talks to the fake, as ASSISTANT_PROVIDER=openai."""

@@ -108,3 +108,27 @@ def sse_events(lines: Iterable[str], *, complete: bool = True) -> Iterator[tuple
             elif key == "data":
                 data.append(value)
     assert not (complete and data), "the stream must end on a blank line"
+
+
+def asgi_scope(user: User, body: bytes) -> dict[str, Any]:
+    """The ASGI scope of `user`'s POST /chat/send with this JSON body, for tests that
+    drive the app directly (httpx.ASGITransport answers only once a response is whole)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"authorization", user.headers["Authorization"].encode()),
+    ]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/chat/send",
+        "raw_path": b"/chat/send",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1),
+        "headers": headers,
+    }

@@ -25,7 +25,7 @@ from app.services import assistant as assistant_module
 from app.services.assistant import Turn
 from tests.conftest import SessionFactory
 from tests.fake_openai import FakeOpenAIServer
-from tests.helpers import User, assert_error, make_settings, running, sse_events
+from tests.helpers import User, asgi_scope, assert_error, make_settings, running, sse_events
 from tests.test_streaming import ChatgateServer
 
 TOO_MANY = "Too many replies are being written right now; retry shortly."
@@ -179,28 +179,6 @@ class AsgiSend:
 
     def events(self) -> list[tuple[str, Any]]:
         return list(sse_events(self.body.decode().split("\n")))
-
-
-def asgi_scope(user: User, body: bytes) -> dict[str, Any]:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"authorization", user.headers["Authorization"].encode()),
-    ]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/chat/send",
-        "raw_path": b"/chat/send",
-        "query_string": b"",
-        "root_path": "",
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1),
-        "headers": headers,
-    }
 
 
 class TestNoHiddenCap:

@@ -25,7 +25,14 @@ from app.config import Settings
 from app.main import create_app
 from tests.conftest import SessionFactory, UserFactory
 from tests.fake_openai import FakeOpenAIServer
-from tests.helpers import User, assert_error, assert_unauthorized, make_settings, sse_events
+from tests.helpers import (
+    User,
+    asgi_scope,
+    assert_error,
+    assert_unauthorized,
+    make_settings,
+    sse_events,
+)
 
 UNAVAILABLE = "The assistant is unavailable"
 NOT_FOUND = "Session not found or access denied"
@@ -739,25 +746,7 @@ class TestBlockedClient:
             if message["type"] == "http.response.body":
                 await gone.wait()  # the socket's buffer is full: every write blocks
 
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"authorization", alice.headers["Authorization"].encode()),
-        ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/chat/send",
-            "raw_path": b"/chat/send",
-            "query_string": b"",
-            "root_path": "",
-            "server": ("testserver", 80),
-            "client": ("127.0.0.1", 1),
-            "headers": headers,
-        }
+        scope = asgi_scope(alice, body)
         request = asyncio.create_task(app(scope, receive, send))  # type: ignore[arg-type]
         await eventually(lambda: _async(fake.recorder.in_flight == 1), "the provider to start")
         await asyncio.sleep(0.2)  # a few deltas generated, none delivered
